@@ -1,0 +1,164 @@
+"""Question banks: how each attribute is asked about and answered, loaded from YAML files.
+
+The built-in banks are `data_prep/templates/<language>.yaml`; `data.templates` adds user banks (extend) or
+replaces the built-in ones attribute by attribute (replace).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit.config import ConfigError, load_yaml
+
+BUILTIN_DIR = Path(__file__).parent / "templates"
+PLACEHOLDERS = {"entity", "attribute", "value", "gender", "honorific", "pronoun"}
+GENERIC = "*"
+
+
+@dataclass
+class Bank:
+    questions: list[str]
+    answers: list[str]
+    match: str = "{value}"
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Banks:
+    language: str
+    attributes: dict[str, Bank]
+    generic: Bank
+    gender_keys: list[str]
+    gender_words: dict[str, dict[str, str]]
+
+    def for_attribute(self, attribute: str) -> tuple[str, Bank]:
+        """(bank name, bank): the attribute's own bank, found by name or alias, else the generic one."""
+        key = attribute.strip().lower()
+        for name, bank in self.attributes.items():
+            if key == name.lower() or key in (a.lower() for a in bank.aliases):
+                return name, bank
+        return GENERIC, self.generic
+
+    def gender_slots(self, entity_attrs: dict[str, str]) -> dict[str, str] | None:
+        """{gender, honorific, pronoun} from the entity's gender attribute; None when it has none we can read."""
+        keys = {k.lower() for k in self.gender_keys}
+        for attr, value in entity_attrs.items():
+            if attr.strip().lower() not in keys:
+                continue
+            text = value.lower()
+            for words in self.gender_words.values():  # file order matters: "female" before "male"
+                if words["match"].lower() in text:
+                    return {k: v for k, v in words.items() if k != "match"}
+        return None
+
+
+def template_id(bank_name: str, text: str) -> str:
+    """Stable id: reordering or extending a bank does not rename the other templates."""
+    return f"{bank_name}/{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def _check_template(text: object, where: str, errors: list[str]) -> None:
+    if not isinstance(text, str) or not text.strip():
+        errors.append(f"{where}: must be a non-empty string, got {text!r}")
+        return
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as e:
+        errors.append(f"{where}: '{text}': {e} (write literal braces as {{{{ and }}}})")
+        return
+    unknown = fields - PLACEHOLDERS
+    if unknown or "" in fields:
+        bad = ", ".join("{" + f + "}" for f in sorted(unknown))
+        errors.append(f"{where}: '{text}' uses unknown placeholder {bad or '{}'}; "
+                      f"known: {', '.join('{' + p + '}' for p in sorted(PLACEHOLDERS))}")
+
+
+def _parse_bank(raw: object, where: str, errors: list[str], partial: bool = False) -> Bank | None:
+    if not isinstance(raw, dict):
+        errors.append(f"{where}: must be a mapping with questions/answers/match, got {type(raw).__name__}")
+        return None
+    unknown = set(raw) - {"questions", "answers", "match", "aliases"}
+    if unknown:
+        errors.append(f"{where}: unknown key(s) {sorted(unknown)}; known: questions, answers, match, aliases")
+    for key in ("questions", "answers"):
+        items = raw.get(key)
+        if items is None and partial:
+            continue
+        if not isinstance(items, list) or not items:
+            errors.append(f"{where}.{key}: must be a non-empty list of strings")
+            continue
+        for i, text in enumerate(items):
+            _check_template(text, f"{where}.{key}[{i}]", errors)
+    if "match" in raw:
+        _check_template(raw["match"], f"{where}.match", errors)
+    aliases = raw.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        errors.append(f"{where}.aliases: must be a list of strings")
+        aliases = []
+    return Bank(questions=list(raw.get("questions") or []), answers=list(raw.get("answers") or []),
+                match=raw.get("match", "{value}"), aliases=aliases)
+
+
+def _read(path: Path, errors: list[str], partial: bool) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: template file not found (data.templates)")
+    raw = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a mapping with 'attributes' and/or 'generic'")
+    unknown = set(raw) - {"attributes", "generic", "gender_keys", "gender_words"}
+    if unknown:
+        errors.append(f"{path}: unknown top-level key(s) {sorted(unknown)}; "
+                      f"known: attributes, generic, gender_keys, gender_words")
+    out = {"attributes": {}, "generic": None}
+    attrs = raw.get("attributes") or {}
+    if not isinstance(attrs, dict):
+        errors.append(f"{path}: 'attributes' must be a mapping of attribute name to bank")
+        attrs = {}
+    for name, bank in attrs.items():
+        out["attributes"][str(name)] = _parse_bank(bank, f"{path}: attributes.{name}", errors, partial)
+    if raw.get("generic") is not None:
+        out["generic"] = _parse_bank(raw["generic"], f"{path}: generic", errors, partial)
+    out["gender_keys"] = raw.get("gender_keys")
+    out["gender_words"] = raw.get("gender_words")
+    return out
+
+
+def load_banks(language: str, extra: list[str] | None = None, mode: str = "extend") -> Banks:
+    """The built-in bank for `language`, with the user's banks merged in; all template problems reported at once."""
+    errors: list[str] = []
+    base = _read(BUILTIN_DIR / f"{language}.yaml", errors, partial=False)
+    attributes: dict[str, Bank] = dict(base["attributes"])
+    generic: Bank = base["generic"]
+    gender_keys, gender_words = base["gender_keys"], base["gender_words"]
+    for path in extra or []:
+        user = _read(Path(path).expanduser(), errors, partial=mode == "extend")
+        for name, bank in list(user["attributes"].items()) + [(GENERIC, user["generic"])]:
+            if bank is None:
+                continue
+            own = generic if name == GENERIC else attributes.get(name)
+            if mode == "extend" and own is not None:
+                merged = Bank(questions=own.questions + [q for q in bank.questions if q not in own.questions],
+                              answers=own.answers + [a for a in bank.answers if a not in own.answers],
+                              match=bank.match if bank.match != "{value}" else own.match,
+                              aliases=own.aliases + bank.aliases)
+            else:
+                if not bank.questions or not bank.answers:
+                    errors.append(f"{path}: bank '{name}' needs both questions and answers (it is new here)")
+                    continue
+                merged = bank
+            if name == GENERIC:
+                generic = merged
+            else:
+                attributes[name] = merged
+        gender_keys = user["gender_keys"] or gender_keys
+        gender_words = user["gender_words"] or gender_words
+    if errors:
+        raise ConfigError("question templates: " + f"{len(errors)} problem(s):\n  " + "\n  ".join(errors))
+    return Banks(language, attributes, generic, list(gender_keys or []), dict(gender_words or {}))
+
+
+def render(template: str, slots: dict[str, str]) -> str:
+    return template.format(**slots).strip()

@@ -1,0 +1,127 @@
+"""Merge the trained LoRA adapter into a 16-bit copy of the base model and export a self-contained directory.
+
+    python -m eval.merge configs/quickstart.yaml
+    python -m eval.merge configs/7b.yaml eval.overwrite=true
+
+The export holds sharded safetensors, the tokenizer and chat template, and a generation config whose end tokens
+stop generation. Before writing, the merged model's logits are compared with base + adapter on a few test prompts
+(in float32); the result is written beside the weights as merge_check.json, and a failed check writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from data_prep.build import load_rows
+from kit.config import Config, KitError, parse_args, run_main
+from kit.generation import stop_token_ids
+from kit.models import load_tokenizer, pick_device, resolve
+from sft.encode import generation_prompt
+
+
+def check_adapter(adapter_dir: Path) -> None:
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise KitError(f"{adapter_dir}: no trained adapter here (adapter_config.json missing); train first with "
+                       f"`python -m sft.train CONFIG`, or set eval.adapter_dir")
+
+
+def check_prompts(cfg: Config, tok, n: int = 4) -> list[str]:
+    test = cfg.data_dir / "test.jsonl"
+    rows = load_rows(test)[:n] if test.is_file() else []
+    messages = [r["messages"][:-1] for r in rows] or [[{"role": "user", "content": "Hello, who are you?"}]]
+    return [generation_prompt(tok, m) for m in messages]
+
+
+def logits_for(model, tok, prompts: list[str]):
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+            out.append(model(input_ids=ids).logits[0].float().cpu())
+    return out
+
+
+def max_diff(a: list, b: list) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+
+def merge(cfg: Config) -> Path:
+    """Returns the export directory."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter_dir, out = cfg.adapter_dir, cfg.merged_dir
+    check_adapter(adapter_dir)
+    if out.exists() and any(out.iterdir()) and not cfg.eval.overwrite:
+        raise KitError(f"{out}: an export already exists; set eval.overwrite=true to replace it, or eval.merged_dir")
+    device = pick_device(cfg.train.device)
+    base_path = resolve(cfg.model)
+    tok = load_tokenizer(str(adapter_dir), cfg.model.trust_remote_code)
+    prompts = check_prompts(cfg, tok)
+
+    # Always merge into an unquantised copy (never into a 4-bit base), in float32 for the check.
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32,
+                                                trust_remote_code=cfg.model.trust_remote_code).to(device)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model.eval()
+    before = logits_for(model, tok, prompts)
+    merged = model.merge_and_unload()
+    after = logits_for(merged, tok, prompts)
+    diff = max_diff(before, after)
+    export_dtype = getattr(torch, cfg.eval.merge_dtype)
+    merged = merged.to(export_dtype)
+    exported = logits_for(merged, tok, prompts)
+    agree = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(before, exported))
+    positions = sum(x.shape[0] for x in before)
+    check = {
+        "prompts": len(prompts),
+        "positions": positions,
+        "float32_max_abs_logit_diff": diff,
+        "atol": cfg.eval.merge_atol,
+        "passed": diff <= cfg.eval.merge_atol,
+        "export_dtype": cfg.eval.merge_dtype,
+        "export_max_abs_logit_diff": max_diff(before, exported),
+        "export_argmax_agreement": agree / positions,
+        "base": cfg.model.name_or_path,
+        "adapter": str(adapter_dir),
+    }
+    if not check["passed"]:
+        raise KitError(f"merge check failed: merged and base+adapter logits differ by {diff:.3g} > eval.merge_atol="
+                       f"{cfg.eval.merge_atol} on {len(prompts)} prompts; nothing was exported")
+
+    stops = stop_token_ids(tok, merged)
+    merged.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    merged.generation_config.pad_token_id = tok.pad_token_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp, max_shard_size="2GB")
+        tok.save_pretrained(tmp)
+        (tmp / "merge_check.json").write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"merge check: max |logit diff| {diff:.2e} (float32, atol {cfg.eval.merge_atol}); {cfg.eval.merge_dtype} "
+          f"export agrees on {100 * check['export_argmax_agreement']:.1f}% of next-token argmaxes")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    _, cfg = parse_args(argv, __doc__.splitlines()[0])
+    out = merge(cfg)
+    print(f"merged model exported to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,42 @@
+"""The whole evaluation: merge (if needed), answer the test questions, score, report.
+
+    python -m eval.run configs/quickstart.yaml
+    python -m eval.run configs/quickstart.yaml eval.compare_base=true     # base vs fine-tuned, side by side
+
+Report in <output_dir>/eval: scores.csv, summary.md, summary.json, f1_hist.png, attributes.png.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kit.config import Config, parse_args, run_main
+
+
+def run(cfg: Config) -> Path:
+    from eval.generate import generate, model_source
+    from eval.merge import check_adapter, merge
+    from eval.score import make_scorer, score
+
+    check_adapter(cfg.adapter_dir)
+    make_scorer_check = cfg.eval.bertscore_model is None  # the default encoder may need a hub: check it first
+    if make_scorer_check:
+        make_scorer(cfg)
+    if cfg.eval.use_merged and not (cfg.merged_dir / "config.json").is_file():
+        merge(cfg)
+    model_source(cfg, "finetuned")
+    models = {"finetuned": generate(cfg, "finetuned")}
+    if cfg.eval.compare_base:
+        models = {"base": generate(cfg, "base"), **models}
+    return score(cfg, models=models)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _, cfg = parse_args(argv, __doc__.splitlines()[0])
+    out = run(cfg)
+    print(f"report written to {out}/summary.md")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

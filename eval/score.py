@@ -1,0 +1,398 @@
+"""Score predictions against references with BERTScore (one encoder, loaded once, batched by length) and a
+fact-level value match, and write a report a person can act on.
+
+    python -m eval.score configs/quickstart.yaml                              # the kit's own predictions
+    python -m eval.score configs/quickstart.yaml --predictions answers.csv    # any CSV/JSONL with
+                                                                              # question, answer, prediction
+
+Writes to <eval dir>: scores.csv (one row per answer), summary.md and summary.json, f1_hist.png, attributes.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from pathlib import Path
+
+from kit.config import Config, KitError, parse_args, run_main
+
+REQUIRED = ("question", "answer", "prediction")
+# bert-score's own defaults: lang -> (model, layer).
+DEFAULT_ENCODERS = {"zh": ("bert-base-chinese", 8), "en": ("roberta-large", 17)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """Rows of a CSV or JSONL predictions file, checked: required columns present, no empty question/answer."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise KitError(f"{path}: predictions file not found")
+    try:
+        if path.suffix.lower() in (".jsonl", ".json"):
+            df = pd.read_json(path, lines=path.suffix.lower() == ".jsonl", dtype=False)
+        elif path.suffix.lower() in (".csv", ".tsv"):
+            df = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str,
+                             keep_default_na=False)
+        else:
+            raise KitError(f"{path}: unsupported predictions format; use .csv, .tsv or .jsonl")
+    except ValueError as e:
+        if isinstance(e, KitError):
+            raise
+        raise KitError(f"{path}: could not be read as {path.suffix} ({str(e).splitlines()[0][:200]})") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise KitError(f"{path}: missing column(s) {missing}; a predictions file needs columns "
+                       f"{list(REQUIRED)} (optional: entity, attribute, value, expected, split); found {list(df.columns)}")
+    if df.empty:
+        raise KitError(f"{path}: has no rows")
+    df = df.fillna("")
+    rows = df.to_dict("records")
+    for n, row in enumerate(rows, start=2 if path.suffix.lower() in (".csv", ".tsv") else 1):
+        for col in ("question", "answer"):
+            if not str(row[col]).strip():
+                raise KitError(f"{path}: row {n}: empty '{col}'; every row needs a question and a reference answer "
+                               f"(fill it in or delete the row)")
+        for col in df.columns:
+            row[col] = "" if row[col] is None or (isinstance(row[col], float) and math.isnan(row[col])) \
+                else str(row[col])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def normalise(text: str) -> str:
+    """For value matching: NFKC (full-width -> half-width), lower case, no whitespace or punctuation."""
+    text = unicodedata.normalize("NFKC", str(text)).lower()
+    return "".join(ch for ch in text if not (ch.isspace() or unicodedata.category(ch).startswith("P")))
+
+
+def value_match(expected: str, prediction: str) -> bool | None:
+    """The attribute's value (normalised) is found in the prediction; None when there is no value to look for."""
+    parts = [normalise(p) for p in re.split(r"\s\|\s", expected or "") if normalise(p)]
+    if not parts:
+        return None
+    pred = normalise(prediction)
+    return all(p in pred for p in parts)
+
+
+def encoder_for(cfg: Config) -> tuple[str, int | None, str]:
+    """(model path or hub id, layer, name for the report) of the BERTScore encoder."""
+    from kit.models import resolve
+
+    name = cfg.eval.bertscore_model
+    if not name:
+        model, layer = DEFAULT_ENCODERS[cfg.data.language]
+        return model, cfg.eval.bertscore_layer or layer, model
+    if name.startswith("pkg://") or name.endswith(".gguf") or Path(name).expanduser().exists():
+        try:
+            path = resolve(name, cfg.model.cache_dir)
+        except KitError as e:
+            raise KitError(f"eval.bertscore_model: {e}") from None
+        return path, cfg.eval.bertscore_layer, name
+    return name, cfg.eval.bertscore_layer, name
+
+
+class Scorer:
+    """BERTScore with the encoder loaded once; pairs scored in length-sorted buckets (bert-score sorts by
+    space-separated words, which does nothing for Chinese)."""
+
+    def __init__(self, model_type: str, num_layers: int | None, lang: str, batch_size: int = 64, label: str = ""):
+        import bert_score
+
+        self.batch_size = batch_size
+        try:
+            self.scorer = bert_score.BERTScorer(model_type=model_type, num_layers=num_layers, lang=lang,
+                                                batch_size=batch_size)
+        except Exception as e:  # noqa: BLE001 - hub errors, missing files, unknown architectures
+            raise KitError(
+                f"BERTScore encoder '{label or model_type}' could not be loaded ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''}). Without hub access, download it where you "
+                f"have access and set eval.bertscore_model=/path/to/local/dir and eval.bertscore_layer=N "
+                f"(bert-base-chinese: 8)") from None
+        tok = self.scorer._tokenizer
+        # bert-score 0.3.13 + transformers 5 overflow on the "unset" sentinel max length (bert_score issue #205)
+        if not tok.model_max_length or tok.model_max_length > 100_000:
+            tok.model_max_length = 512
+        if tok.pad_token is None:
+            from kit.models import choose_pad_token
+
+            choose_pad_token(tok)
+        self.hash = self.scorer.hash
+        self.label = label or model_type
+
+    def score(self, predictions: list[str], references: list[str]) -> tuple[list[float], list[float], list[float]]:
+        n = len(predictions)
+        p, r, f = [0.0] * n, [0.0] * n, [0.0] * n
+        order = sorted(range(n), key=lambda i: max(len(predictions[i]), len(references[i])))
+        for k in range(0, n, self.batch_size):
+            idx = order[k:k + self.batch_size]
+            bp, br, bf = self.scorer.score([predictions[i] or " " for i in idx], [references[i] for i in idx],
+                                           batch_size=self.batch_size)
+            for j, i in enumerate(idx):
+                p[i], r[i], f[i] = float(bp[j]), float(br[j]), float(bf[j])
+        return p, r, f
+
+
+def make_scorer(cfg: Config) -> Scorer:
+    model_type, layer, label = encoder_for(cfg)
+    return Scorer(model_type, layer, cfg.data.language, cfg.eval.bertscore_batch_size, label)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report
+
+
+COLUMNS = ["model", "split", "entity", "attribute", "question", "answer", "prediction", "precision", "recall", "f1",
+           "value_match", "expected", "raw_prediction", "hash"]
+
+
+def score_rows(rows: list[dict], scorer: Scorer, model: str) -> list[dict]:
+    p, r, f = scorer.score([row["prediction"] for row in rows], [row["answer"] for row in rows])
+    out = []
+    for i, row in enumerate(rows):
+        expected = row.get("expected") or row.get("value") or ""
+        out.append({
+            "model": model, "split": row.get("split", ""), "entity": row.get("entity", ""),
+            "attribute": row.get("attribute", ""), "question": row["question"], "answer": row["answer"],
+            "prediction": row["prediction"], "precision": p[i], "recall": r[i], "f1": f[i],
+            "value_match": value_match(expected, row["prediction"]), "expected": expected,
+            "raw_prediction": row.get("raw_prediction", row["prediction"]), "hash": scorer.hash,
+        })
+    return out
+
+
+def _stats(rows: list[dict], threshold: float) -> dict:
+    import statistics
+
+    f1 = [r["f1"] for r in rows]
+    vm = [r["value_match"] for r in rows if r["value_match"] is not None]
+    return {
+        "rows": len(rows),
+        "precision_mean": statistics.fmean(r["precision"] for r in rows),
+        "recall_mean": statistics.fmean(r["recall"] for r in rows),
+        "f1_mean": statistics.fmean(f1),
+        "precision_median": statistics.median(r["precision"] for r in rows),
+        "recall_median": statistics.median(r["recall"] for r in rows),
+        "f1_median": statistics.median(f1),
+        "value_match_rate": sum(vm) / len(vm) if vm else None,
+        "value_match_rows": len(vm),
+        "below_threshold": sum(x < threshold for x in f1),
+    }
+
+
+def _group(rows: list[dict], key: str, threshold: float) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r[key] or "-", []).append(r)
+    return {k: _stats(v, threshold) for k, v in groups.items()}
+
+
+def summarise(rows: list[dict], cfg: Config, scorer: Scorer, source: str) -> dict:
+    from sft.train import versions
+
+    threshold = cfg.eval.f1_threshold
+    summary = {"source": source, "encoder": scorer.label, "bertscore_hash": scorer.hash, "f1_threshold": threshold,
+               "versions": versions(), "models": {}}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        worst = sorted(mine, key=lambda r: (r["f1"], r["question"]))[: cfg.eval.worst_n]
+        summary["models"][model] = {
+            "overall": _stats(mine, threshold),
+            "per_split": _group(mine, "split", threshold),
+            "per_attribute": _group(mine, "attribute", threshold),
+            "per_entity": _group(mine, "entity", threshold),
+            "lowest": [{k: r[k] for k in ("split", "entity", "attribute", "question", "answer", "prediction", "f1",
+                                          "value_match")} for r in worst],
+        }
+    return summary
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(summary: dict) -> str:
+    models = list(summary["models"])
+    lines = [f"# Evaluation report", "",
+             f"Source: `{summary['source']}`  ", f"BERTScore encoder: `{summary['encoder']}` "
+             f"(hash `{summary['bertscore_hash']}`)  ",
+             "Value match: the attribute's value (normalised) appears in the prediction.", ""]
+    lines += ["## Overall", "", "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    o = {m: summary["models"][m]["overall"] for m in models}
+    for label, key, fmt in [("rows", "rows", str), ("value match", "value_match_rate", _pct),
+                            ("F1 mean", "f1_mean", lambda x: f"{x:.4f}"), ("F1 median", "f1_median",
+                                                                         lambda x: f"{x:.4f}"),
+                            ("precision mean", "precision_mean", lambda x: f"{x:.4f}"),
+                            ("recall mean", "recall_mean", lambda x: f"{x:.4f}"),
+                            (f"F1 < {summary['f1_threshold']}", "below_threshold", str)]:
+        lines.append(f"| {label} | " + " | ".join(fmt(o[m][key]) for m in models) + " |")
+    for title, key in [("Per attribute", "per_attribute"), ("Per entity", "per_entity"), ("Per split", "per_split")]:
+        lines += ["", f"## {title}", "", "| " + key.split("_")[1] + " | rows | "
+                  + " | ".join(f"value match ({m}) | F1 ({m})" for m in models) + " |",
+                  "|---|---|" + "---|---|" * len(models)]
+        names = list(dict.fromkeys(k for m in models for k in summary["models"][m][key]))
+        for name in names:
+            cells = []
+            for m in models:
+                s = summary["models"][m][key].get(name)
+                cells += [_pct(s["value_match_rate"]), f"{s['f1_mean']:.4f}"] if s else ["-", "-"]
+            rows = max(summary["models"][m][key].get(name, {}).get("rows", 0) for m in models)
+            lines.append(f"| {_md_escape(name)} | {rows} | " + " | ".join(cells) + " |")
+    for m in models:
+        lines += ["", f"## Lowest-scoring answers ({m})", "", "| F1 | match | question | expected answer | prediction |",
+                  "|---|---|---|---|---|"]
+        for r in summary["models"][m]["lowest"]:
+            match = {True: "yes", False: "no", None: "-"}[r["value_match"]]
+            lines.append(f"| {r['f1']:.3f} | {match} | {_md_escape(r['question'])} | {_md_escape(r['answer'])} | "
+                         f"{_md_escape(r['prediction'][:120])} |")
+    v = summary["versions"]
+    lines += ["", "Versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)), ""]
+    return "\n".join(lines)
+
+
+def plots(rows: list[dict], summary: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(summary["models"])
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for m in models:
+        ax.hist([r["f1"] for r in rows if r["model"] == m], bins=30, range=(0, 1), alpha=0.6, label=m)
+    ax.axvline(summary["f1_threshold"], color="red", linestyle="--", label=f"threshold {summary['f1_threshold']}")
+    ax.set_xlabel("BERTScore F1")
+    ax.set_ylabel("answers")
+    ax.set_title("F1 distribution")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "f1_hist.png")
+    plt.close(fig)
+
+    attrs = list(dict.fromkeys(a for m in models for a in summary["models"][m]["per_attribute"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    width = 0.8 / len(models)
+    for k, m in enumerate(models):
+        per = summary["models"][m]["per_attribute"]
+        xs = [i + k * width for i in range(len(attrs))]
+        axes[0].bar(xs, [(per.get(a, {}).get("value_match_rate") or 0) for a in attrs], width, label=m)
+        axes[1].bar(xs, [per.get(a, {}).get("f1_mean", 0) for a in attrs], width, label=m)
+    for ax, title in zip(axes, ["value match rate", "mean BERTScore F1"]):
+        ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(attrs))])
+        ax.set_xticklabels(attrs, rotation=30, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "attributes.png")
+    plt.close(fig)
+
+
+def _cjk_font() -> None:
+    """Use a font with CJK glyphs when one is installed, so Chinese attribute names render in the plots."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    for name in ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei",
+                 "PingFang SC", "AR PL UMing CN"):
+        if name in names:
+            matplotlib.rcParams["font.sans-serif"] = [name] + list(matplotlib.rcParams["font.sans-serif"])
+            return
+
+
+def write_report(rows: list[dict], summary: dict, out: Path) -> None:
+    """All report files appear together: written in a temp dir, then moved into `out`."""
+    import csv
+    import logging
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
+    try:
+        with (tmp / "scores.csv").open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({**r, "value_match": "" if r["value_match"] is None else int(r["value_match"])})
+        (tmp / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp / "summary.md").write_text(markdown(summary), encoding="utf-8")
+        _cjk_font()
+        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # missing CJK glyphs: the plot is still useful
+            plots(rows, summary, tmp)
+        for name in os.listdir(tmp):
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_complete(cfg: Config, path: Path, rows: list[dict]) -> None:
+    """The kit's own predictions must cover every question of the evaluated splits."""
+    from eval.generate import eval_rows
+
+    expected = {r["id"] for r in eval_rows(cfg)}
+    got = {r.get("id") for r in rows}
+    if got != expected:
+        raise KitError(f"{path}: {len(got & expected)} of {len(expected)} questions answered "
+                       f"({len(got - expected)} unknown rows); run `python -m eval.generate CONFIG` again to finish, "
+                       f"or set eval.overwrite=true to start over")
+
+
+def score(cfg: Config, predictions: Path | None = None, models: dict[str, Path] | None = None) -> Path:
+    """Score one predictions file (or several, side by side: {label: path}); returns the report directory."""
+    from eval.generate import predictions_path
+
+    if models is None:
+        if predictions is not None:
+            models = {Path(predictions).stem: Path(predictions)}
+        else:
+            models = {"finetuned": predictions_path(cfg, "finetuned")}
+    loaded = {}
+    for label, path in models.items():
+        rows = read_predictions(path)
+        if predictions is None:
+            check_complete(cfg, path, rows)
+        loaded[label] = rows
+    counts = {label: len(rows) for label, rows in loaded.items()}
+    if len(set(counts.values())) > 1:
+        raise KitError(f"predictions to compare have different row counts {counts}; answer the same questions with "
+                       f"each model (same eval.splits and eval.max_rows)")
+    out = cfg.eval_dir if predictions is None else (cfg.eval_dir if cfg.eval.output_dir else cfg.out / "report")
+    scorer = make_scorer(cfg)
+    scored = []
+    for label, rows in loaded.items():
+        scored += score_rows(rows, scorer, label)
+    summary = summarise(scored, cfg, scorer, ", ".join(str(p) for p in models.values()))
+    write_report(scored, summary, out)
+    print(markdown(summary).split("## Per attribute")[0])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = parse_args(argv, __doc__.splitlines()[0], extra=lambda p: p.add_argument(
+        "--predictions", type=Path, help="score this CSV/JSONL (question, answer, prediction columns) instead"))
+    out = score(cfg, args.predictions)
+    print(f"report written to {out}: scores.csv, summary.md, summary.json, f1_hist.png, attributes.png")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

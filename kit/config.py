@@ -1,0 +1,462 @@
+"""One YAML file describes a whole run: `model`, `data`, `lora`, `train`, `eval`, plus `output_dir`.
+
+Loading is strict, because a typo in a config should cost seconds, not an hour of training:
+unknown keys (with a did-you-mean), wrong types and duplicate keys are errors, `2e-4` is a number,
+and every problem in a file is reported at once, before any model loads.
+
+Every entry point takes the config path and then `section.key=value` overrides:
+
+    python -m sft.train configs/quickstart.yaml train.max_steps=20 output_dir=runs/try
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class KitError(ValueError):
+    """A problem the user caused and can fix; entry points print it without a traceback."""
+
+
+class ConfigError(KitError):
+    """A problem in the YAML file or on the command line."""
+
+
+def run_main(main: typing.Callable[[list[str] | None], int]) -> None:
+    """`if __name__ == "__main__": run_main(main)`: user errors become one clear line and exit status 2."""
+    import sys
+
+    try:
+        sys.exit(main(None))
+    except KitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sections. Each field is documented once, here; the YAML files say why a value was chosen.
+
+
+@dataclass
+class ModelConfig:
+    # Hub id ("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"), local directory, a `.gguf` file, or
+    # `pkg://<python package>/<file>` for a model shipped inside an installed package.
+    name_or_path: str = ""
+    # Weights dtype for training and generation: auto picks bfloat16 on GPUs that support it, else float32.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # QLoRA: load the base in 4 bit (needs CUDA and bitsandbytes).
+    load_in_4bit: bool = False
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+    # Where GGUF models are dequantised to (once) as a normal safetensors directory.
+    cache_dir: str = "~/.cache/lora-kit/models"
+    # Reasoning models: `strip` trains answers behind an empty <think></think> block when the chat template opens one
+    # and removes think blocks from predictions before scoring; `keep` scores the raw text; `none` does nothing.
+    thinking: Literal["none", "strip", "keep"] = "none"
+
+
+@dataclass
+class DataConfig:
+    # Attribute JSON: {entity: {attribute: value}}.
+    source: str = "data/genshin_roles.json"
+    # Language of the question banks and of the default BERTScore encoder.
+    language: Literal["zh", "en"] = "zh"
+    # phrasing: same facts, unseen phrasings in test; random: random rows; entity: whole entities held out.
+    split: Literal["phrasing", "random", "entity"] = "phrasing"
+    test_size: float = 0.2
+    seed: int = 42
+    # Where train.jsonl / test.jsonl / stats.json go; default: <output_dir>/data.
+    output_dir: str | None = None
+    # Extra question banks (YAML, same format as data_prep/templates/<language>.yaml).
+    templates: list[str] = field(default_factory=list)
+    # extend: user banks add phrasings to the built-in ones; replace: user banks replace them per attribute.
+    templates_mode: Literal["extend", "replace"] = "extend"
+    # Use at most this many train phrasings per fact (None: all of them). Fewer rows, faster training.
+    max_train_phrasings: int | None = None
+    # Multi-turn conversations per entity (several Q/A about one entity), added to train.
+    multi_turn: int = 0
+    # Vary the answer wording between rows (False: one canonical answer per attribute, as in the tutorial).
+    vary_answers: bool = False
+    # System message put in front of every conversation (None: whatever the chat template does).
+    system_prompt: str | None = None
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # "all-linear" or a list of module names, e.g. [q_proj, k_proj, v_proj, o_proj].
+    target_modules: list[str] | str = "all-linear"
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+
+
+@dataclass
+class TrainConfig:
+    num_train_epochs: float = 3.0
+    # > 0 overrides num_train_epochs.
+    max_steps: int = -1
+    learning_rate: float = 2e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    # auto: bf16 on GPUs that support it and on CPUs with native bf16 when batches are large; else fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # A row longer than this is an error (its answer would be cut away), never silently truncated.
+    max_length: int = 512
+    # Pack several rows into one sequence of max_length tokens (bfd packing; rows never attend to each other).
+    packing: bool = False
+    # Padding-free batches (needs flash attention on GPU).
+    padding_free: bool = False
+    # Batch rows of similar length together: less padding.
+    group_by_length: bool = False
+    logging_steps: int = 5
+    eval_strategy: Literal["no", "steps", "epoch"] = "epoch"
+    eval_steps: int | None = None
+    save_strategy: Literal["no", "steps", "epoch"] = "epoch"
+    save_steps: int | None = None
+    save_total_limit: int | None = 2
+    # never: refuse to reuse an output_dir with checkpoints; auto: continue from the last checkpoint there.
+    resume: Literal["never", "auto"] = "never"
+    seed: int = 42
+    # CPU threads for torch (None: one per physical core).
+    threads: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    optim: str = "adamw_torch"
+    # Liger kernels (GPU only, needs liger-kernel installed).
+    use_liger_kernel: bool = False
+    dataloader_num_workers: int = 0
+    # Questions answered before and after training, printed at the end of the run.
+    show_examples: int = 4
+
+
+@dataclass
+class EvalConfig:
+    # Default: <output_dir>/adapter, <output_dir>/merged, <output_dir>/eval.
+    adapter_dir: str | None = None
+    merged_dir: str | None = None
+    output_dir: str | None = None
+    # Merge into a 16-bit copy of the base.
+    merge_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # Max |logit difference| accepted between the merged model and base+adapter (checked in float32).
+    merge_atol: float = 1e-3
+    overwrite: bool = False
+    # Generate with the merged export (True) or with base + adapter (False).
+    use_merged: bool = True
+    splits: list[Literal["train", "test"]] = field(default_factory=lambda: ["test"])
+    # Cap the number of rows per split (None: all).
+    max_rows: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    backend: Literal["hf", "vllm"] = "hf"
+    # Put the base model's answers beside the fine-tuned model's in the report.
+    compare_base: bool = False
+    # BERTScore encoder: None follows data.language (zh: bert-base-chinese layer 8), or a hub id / local dir.
+    bertscore_model: str | None = None
+    bertscore_layer: int | None = None
+    bertscore_batch_size: int = 64
+    f1_threshold: float = 0.6
+    worst_n: int = 20
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/default"
+    # Where the config came from, for messages and for the resolved copy; not a YAML key.
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    # Derived paths: one place decides the layout of output_dir.
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data.output_dir) if self.data.output_dir else self.out / "data"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return Path(self.eval.adapter_dir) if self.eval.adapter_dir else self.out / "adapter"
+
+    @property
+    def merged_dir(self) -> Path:
+        return Path(self.eval.merged_dir) if self.eval.merged_dir else self.out / "merged"
+
+    @property
+    def eval_dir(self) -> Path:
+        return Path(self.eval.output_dir) if self.eval.output_dir else self.out / "eval"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+SECTIONS: dict[str, type] = {
+    name: tp for name, tp in typing.get_type_hints(Config).items() if name not in ("output_dir", "source")
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# YAML: reject duplicate keys, read 1e-4 as a float (PyYAML's YAML 1.1 resolver wants a dot: "1.0e-4").
+
+
+class _StrictLoader(yaml.SafeLoader):
+    pass
+
+
+_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?(?:[eE][-+]?\d+)?$")
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"{loader.name}:{key_node.start_mark.line + 1}: duplicate key '{key}' "
+                f"(first at line {seen[key]}); keep only one"
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str, name: str = "<string>") -> Any:
+    loader = _StrictLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Type checking: every problem is collected, then raised together.
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return {type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(ok, value): value checked against a type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value is False and "no" in typing.get_args(tp):  # YAML 1.1 reads a bare `no` as false
+            return True, "no"
+        return value in typing.get_args(tp) and not isinstance(value, bool), value
+    if isinstance(tp, types.UnionType) or origin is typing.Union:
+        for arg in typing.get_args(tp):
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        out = []
+        for item in value:
+            ok, v = _coerce(item, typing.get_args(tp)[0])
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if tp is type(None):
+        return value is None, None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is str:
+        return isinstance(value, str), value
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def _did_you_mean(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(choices))}"
+
+
+def _build_section(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{where}: must be a mapping of keys to values, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            errors.append(f"{where}.{key}: unknown key{_did_you_mean(str(key), names)}")
+            continue
+        ok, coerced = _coerce(value, hints[key])
+        if not ok:
+            errors.append(f"{where}.{key}: expected {_type_name(hints[key])}, got {value!r}")
+            continue
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _check_values(cfg: Config, errors: list[str]) -> None:
+    """Combinations and ranges that types cannot express."""
+    if not cfg.model.name_or_path:
+        errors.append("model.name_or_path: required (hub id, local directory or .gguf file)")
+    if not 0.0 < cfg.data.test_size < 1.0:
+        errors.append(f"data.test_size: must be between 0 and 1 (exclusive), got {cfg.data.test_size}")
+    for name in ("r", "alpha"):
+        if getattr(cfg.lora, name) <= 0:
+            errors.append(f"lora.{name}: must be > 0, got {getattr(cfg.lora, name)}")
+    if not 0.0 <= cfg.lora.dropout < 1.0:
+        errors.append(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    t = cfg.train
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                 "max_length", "logging_steps"):
+        if getattr(t, name) < 1:
+            errors.append(f"train.{name}: must be >= 1, got {getattr(t, name)}")
+    if t.learning_rate <= 0:
+        errors.append(f"train.learning_rate: must be > 0, got {t.learning_rate}")
+    if t.max_steps <= 0 and t.num_train_epochs <= 0:
+        errors.append("train.num_train_epochs: must be > 0 unless train.max_steps is set")
+    if t.eval_strategy == "steps" and not t.eval_steps:
+        errors.append("train.eval_steps: required when train.eval_strategy is 'steps'")
+    if t.save_strategy == "steps" and not t.save_steps:
+        errors.append("train.save_steps: required when train.save_strategy is 'steps'")
+    if t.packing and t.padding_free:
+        errors.append("train.packing and train.padding_free: choose one (packing already removes padding)")
+    if cfg.data.max_train_phrasings is not None and cfg.data.max_train_phrasings < 1:
+        errors.append(f"data.max_train_phrasings: must be >= 1, got {cfg.data.max_train_phrasings}")
+    if cfg.data.multi_turn < 0:
+        errors.append(f"data.multi_turn: must be >= 0, got {cfg.data.multi_turn}")
+    e = cfg.eval
+    if e.batch_size < 1 or e.bertscore_batch_size < 1 or e.max_new_tokens < 1:
+        errors.append("eval.batch_size, eval.bertscore_batch_size and eval.max_new_tokens: must be >= 1")
+    if e.bertscore_model and e.bertscore_layer is None and Path(e.bertscore_model).expanduser().exists():
+        errors.append(f"eval.bertscore_layer: required when eval.bertscore_model is a local directory "
+                      f"({e.bertscore_model}); bert-score has no default layer for it")
+
+
+def build_config(raw: Any, source: str = "<dict>") -> Config:
+    errors: list[str] = []
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with sections "
+                          f"{', '.join(SECTIONS)} and output_dir")
+    kwargs: dict[str, Any] = {}
+    top = list(SECTIONS) + ["output_dir"]
+    for key, value in raw.items():
+        if key in SECTIONS:
+            kwargs[key] = _build_section(SECTIONS[key], value, key, errors)
+        elif key == "output_dir":
+            if isinstance(value, str) and value:
+                kwargs[key] = value
+            else:
+                errors.append(f"output_dir: expected a non-empty str, got {value!r}")
+        else:
+            errors.append(f"{key}: unknown top-level key{_did_you_mean(str(key), top)}")
+    cfg = Config(**kwargs, source=source)
+    if not errors:
+        _check_values(cfg, errors)
+    if errors:
+        raise ConfigError(f"{source}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
+    return cfg
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item or item.startswith("="):
+        raise ConfigError(f"override '{item}': expected key=value, e.g. train.max_steps=20")
+    key, _, text = item.partition("=")
+    value = load_yaml(text, f"override {key}") if text.strip() else None
+    if text.strip() and isinstance(value, (dict,)):
+        raise ConfigError(f"override '{item}': set one key at a time, e.g. {key}.name=value")
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` overrides to the raw dict; validation happens afterwards, together with the file."""
+    raw = dict(raw or {})
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+            node[part] = child = dict(child)
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (see configs/ for examples)")
+    raw = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with sections {', '.join(SECTIONS)}")
+    raw = apply_overrides(raw or {}, overrides or [])
+    return build_config(raw, str(path))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), allow_unicode=True, sort_keys=False)
+
+
+def parse_args(argv: list[str] | None, description: str, extra: typing.Callable | None = None):
+    """The command line shared by every entry point: CONFIG [key=value ...]."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("config", help="YAML run config, e.g. configs/quickstart.yaml")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=20")
+    if extra:
+        extra(parser)
+    args = parser.parse_args(argv)
+    return args, load_config(args.config, args.overrides)

@@ -1,0 +1,94 @@
+"""Training callbacks: the live loss plot (PNG + CSV history), redrawn at every log, on the main process only."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+def smooth(values: list[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average with bias correction (TensorBoard-style), so the first points are not dragged
+    towards zero."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i))
+    return out
+
+
+def plot_losses(history: list[dict], path: Path, x: str = "step", eval_enabled: bool = True,
+                title: str = "Training loss") -> None:
+    """Train and eval loss on shared axes, raw and smoothed; says so on the plot when there is no eval loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h[x], h["loss"]) for h in history if h.get("loss") is not None]
+    evals = [(h[x], h["eval_loss"]) for h in history if h.get("eval_loss") is not None]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    if train:
+        xs, ys = zip(*train)
+        ax.plot(xs, ys, color="tab:blue", alpha=0.3, linewidth=1, label="train loss (raw)")
+        ax.plot(xs, smooth(list(ys)), color="tab:blue", linewidth=2, label="train loss (smoothed)")
+    if evals:
+        xs, ys = zip(*evals)
+        ax.plot(xs, ys, color="tab:orange", marker="o", linewidth=2, label="eval loss")
+    else:
+        ax.text(0.98, 0.95, "no eval loss yet" if eval_enabled else "eval disabled (train.eval_strategy: no)",
+                transform=ax.transAxes, ha="right", va="top", color="gray")
+    ax.set_xlabel(x)
+    ax.set_ylabel("loss (answer tokens only)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if train or evals:
+        ax.legend(loc="upper right" if evals else "center right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    keys = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        for h in history:
+            w.writerow({k: h.get(k, "") for k in keys})
+    os.replace(tmp, path)
+
+
+class LossPlotCallback(TrainerCallback):
+    """Keeps the loss history and redraws `loss.png` / `loss.csv` in `out_dir` whenever the trainer logs.
+
+    The history is rebuilt from the trainer state's log history, so a resumed run plots the whole run."""
+
+    def __init__(self, out_dir: str | Path, x: str = "step", eval_enabled: bool = True):
+        self.out_dir = Path(out_dir)
+        self.x = x
+        self.eval_enabled = eval_enabled
+
+    def history(self, state) -> list[dict]:
+        rows = []
+        for h in state.log_history:
+            if "loss" in h or "eval_loss" in h:
+                rows.append({"step": h.get("step"), "epoch": h.get("epoch"), "loss": h.get("loss"),
+                             "eval_loss": h.get("eval_loss"), "learning_rate": h.get("learning_rate"),
+                             "grad_norm": h.get("grad_norm")})
+        return rows
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        rows = self.history(state)
+        if not rows:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_history(rows, self.out_dir / "loss.csv")
+        plot_losses(rows, self.out_dir / "loss.png", self.x, self.eval_enabled)

@@ -1,0 +1,173 @@
+"""Conversations -> token ids and labels, with the loss only on the assistant's answers and their end-of-turn token.
+
+Works from the chat template itself, for any template, without response-marker strings, added tokens or
+embedding resizes: the text before answer i is what the template renders for the conversation up to i with a
+generation prompt, and the answer ends at the first special token after its content (<|im_end|>, <|eot_id|>,
+<｜end▁of▁sentence｜> ...). Labels are built here, before batching, so padding can never mask the end token,
+even when pad == eos.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from kit.config import KitError
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+class EncodeError(KitError):
+    pass
+
+
+def render(tok, messages: list[dict], generation_prompt: bool = False) -> str:
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _special_strings(tok) -> list[str]:
+    specials = set(tok.all_special_tokens)
+    for added in getattr(tok, "added_tokens_decoder", {}).values():
+        if getattr(added, "special", False):
+            specials.add(added.content)
+    return sorted((s for s in specials if s), key=len, reverse=True)
+
+
+def opens_think(prompt: str) -> bool:
+    """Reasoning templates (DeepSeek-R1, Qwen3...) may end the generation prompt with an open <think> block."""
+    return prompt.rstrip().endswith(THINK_OPEN)
+
+
+def generation_prompt(tok, messages: list[dict]) -> str:
+    """The exact prompt text the model sees before it answers, in training and in eval."""
+    return render(tok, messages, generation_prompt=True)
+
+
+def strip_think(text: str) -> str:
+    """The answer without its reasoning: everything up to the last </think>, or after a dangling <think>."""
+    if THINK_CLOSE in text:
+        return text.rsplit(THINK_CLOSE, 1)[-1].strip()
+    if THINK_OPEN in text:
+        return text.split(THINK_OPEN, 1)[0].strip()
+    return text.strip()
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    text: str
+    spans: list[tuple[int, int]]  # character spans of the supervised text
+
+
+def _end_of_answer(text: str, start: int, end: int, content: str, specials: list[str]) -> int | None:
+    """Character index just past the first special token after the answer's content, within [start, end)."""
+    pos = text.find(content.strip(), start, end) if content.strip() else -1
+    search_from = pos + len(content.strip()) if pos >= 0 else start
+    best = None
+    for s in specials:
+        i = text.find(s, search_from, end)
+        if i >= 0 and (best is None or i < best[0]):
+            best = (i, i + len(s))
+    return best[1] if best else None
+
+
+def _template_spans(tok, messages: list[dict]) -> tuple[str, list[tuple[int, int, str]]] | None:
+    """(text, [(start, end, content)]) when the template renders each conversation prefix as a prefix of the
+    whole; None when it does not (e.g. a generation prompt that opens a <think> block the history never shows)."""
+    text = render(tok, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = render(tok, messages[:i], generation_prompt=True)
+        upto = render(tok, messages[: i + 1])
+        if not (upto.startswith(prompt) and text.startswith(upto)):
+            return None
+        spans.append((len(prompt), len(upto), m["content"]))
+    return text, spans
+
+
+def encode(tok, messages: list[dict], thinking: str = "none") -> Encoded:
+    if not any(m["role"] == "assistant" for m in messages):
+        raise EncodeError("conversation has no assistant message to learn from")
+    specials = _special_strings(tok)
+    found = _template_spans(tok, messages)
+    if found is not None:
+        text, raw_spans = found
+    else:
+        # The template's generation prompt is not a prefix of the rendered answer (reasoning models). Train on what
+        # generation will see: the prompt, then an empty think block when it opens one, then the answer.
+        prompt = generation_prompt(tok, messages[:-1])
+        if messages[-1]["role"] != "assistant" or sum(m["role"] == "assistant" for m in messages) > 1:
+            raise EncodeError("this chat template renders earlier answers differently from the generation prompt; "
+                              "only single-turn rows can be trained with it (set data.multi_turn=0)")
+        if opens_think(prompt) and thinking == "none":
+            raise EncodeError("the chat template opens a <think> block in the generation prompt (a reasoning model); "
+                              "set model.thinking: strip (or keep) so answers are trained behind an empty think block")
+        content = messages[-1]["content"]
+        completion = ("\n" + THINK_CLOSE + "\n\n" if opens_think(prompt) else "") + content
+        text = prompt + completion
+        raw_spans = [(len(prompt), len(text), content)]
+    spans = []
+    for k, (start, end, content) in enumerate(raw_spans):
+        stop = _end_of_answer(text, start, end, content, specials)
+        if stop is None:
+            if k == len(raw_spans) - 1 and end == len(text):
+                # The template ends the turn without a special token: add the eos so the model learns to stop.
+                text += tok.eos_token
+                stop = end = len(text)
+            else:
+                stop = end
+        spans.append((start, stop))
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [-100] * len(ids)
+    for i, (a, b) in enumerate(offsets):
+        if b > a and any(s <= a < e for s, e in spans):
+            labels[i] = ids[i]
+    return Encoded(ids, labels, text, spans)
+
+
+def encode_rows(tok, rows: list[dict], max_length: int, thinking: str, where: str) -> list[dict]:
+    """{input_ids, labels} per row; a row with nothing supervised or too long is an error naming it."""
+    out = []
+    for n, row in enumerate(rows):
+        name = f"{where} row {n + 1} (id {row.get('id', '?')})"
+        try:
+            e = encode(tok, row["messages"], thinking)
+        except EncodeError as err:
+            raise EncodeError(f"{name}: {err}") from None
+        if len(e.input_ids) > max_length:
+            raise EncodeError(f"{name}: {len(e.input_ids)} tokens is more than train.max_length={max_length}; its "
+                              f"answer would be cut away. Raise train.max_length or shorten the row")
+        if all(label == -100 for label in e.labels):
+            raise EncodeError(f"{name}: no token is supervised (the answer was not found in the rendered chat "
+                              f"template); check the chat template of the model")
+        out.append({"input_ids": e.input_ids, "labels": e.labels})
+    return out
+
+
+def audit(tok, rows: list[dict], encoded: list[dict]) -> str:
+    """One example with its supervised tokens marked [[like this]], and the share of supervised tokens."""
+    ids, labels = encoded[0]["input_ids"], encoded[0]["labels"]
+    parts, run, sup = [], [], False
+    for i, label in zip(ids, labels):
+        s = label != -100
+        if s != sup and run:
+            piece = tok.decode(run)
+            parts.append(f"[[{piece}]]" if sup else piece)
+            run = []
+        run.append(i)
+        sup = s
+    if run:
+        piece = tok.decode(run)
+        parts.append(f"[[{piece}]]" if sup else piece)
+    total = sum(len(e["input_ids"]) for e in encoded)
+    supervised = sum(sum(label != -100 for label in e["labels"]) for e in encoded)
+    lengths = sorted(len(e["input_ids"]) for e in encoded)
+    example = re.sub(r"\n", "\\\\n", "".join(parts))
+    return (f"mask audit: supervised text in [[...]]\n  {example}\n"
+            f"  {supervised}/{total} tokens supervised ({100 * supervised / total:.1f}%) over {len(encoded)} rows; "
+            f"row length min/median/max {lengths[0]}/{lengths[len(lengths) // 2]}/{lengths[-1]} tokens")

