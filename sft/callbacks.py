@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -69,10 +70,13 @@ class LossPlotCallback(TrainerCallback):
 
     The history is rebuilt from the trainer state's log history, so a resumed run plots the whole run."""
 
-    def __init__(self, out_dir: str | Path, x: str = "step", eval_enabled: bool = True):
+    def __init__(self, out_dir: str | Path, x: str = "step", eval_enabled: bool = True, min_interval: float = 10.0):
         self.out_dir = Path(out_dir)
         self.x = x
         self.eval_enabled = eval_enabled
+        # Drawing a PNG costs ~0.3 s: redraw at most every `min_interval` seconds (and always at the end).
+        self.min_interval = min_interval
+        self._last_draw = float("-inf")
 
     def history(self, state) -> list[dict]:
         rows = []
@@ -83,7 +87,7 @@ class LossPlotCallback(TrainerCallback):
                              "grad_norm": h.get("grad_norm")})
         return rows
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def _update(self, state, force: bool) -> None:
         if not state.is_world_process_zero:
             return
         rows = self.history(state)
@@ -91,4 +95,12 @@ class LossPlotCallback(TrainerCallback):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_history(rows, self.out_dir / "loss.csv")
-        plot_losses(rows, self.out_dir / "loss.png", self.x, self.eval_enabled)
+        if force or time.monotonic() - self._last_draw >= self.min_interval:
+            plot_losses(rows, self.out_dir / "loss.png", self.x, self.eval_enabled)
+            self._last_draw = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self._update(state, force="eval_loss" in (logs or {}))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._update(state, force=True)

@@ -121,12 +121,22 @@ def encode(tok, messages: list[dict], thinking: str = "none") -> Encoded:
             else:
                 stop = end
         spans.append((start, stop))
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [-100] * len(ids)
-    for i, (a, b) in enumerate(offsets):
-        if b > a and any(s <= a < e for s, e in spans):
-            labels[i] = ids[i]
+    # Tokenise piece by piece (prompt, answer, prompt, answer...): BPE merges never cross a prompt/answer boundary,
+    # so the prompt's tokens are exactly those generation will see for the prompt alone.
+    ids: list[int] = []
+    labels: list[int] = []
+    cut = 0
+    for start, stop in spans:
+        for piece, supervised in ((text[cut:start], False), (text[start:stop], True)):
+            if piece:
+                piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
+                ids += piece_ids
+                labels += piece_ids if supervised else [-100] * len(piece_ids)
+        cut = stop
+    if text[cut:]:
+        tail = tok(text[cut:], add_special_tokens=False)["input_ids"]
+        ids += tail
+        labels += [-100] * len(tail)
     return Encoded(ids, labels, text, spans)
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.build import ensure_built, load_rows
@@ -179,8 +180,23 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: Config) -> Path:
-    """Fine-tune; returns the adapter directory."""
+@dataclass
+class Run:
+    """What `build_trainer` prepared: the trainer and what `train` reports about."""
+
+    trainer: object
+    tok: object
+    train_enc: list[dict]
+    eval_enc: list[dict] | None
+    examples: list[dict]
+    before: list[str]
+    resume_from: str | None
+    device: str
+    precision: str
+
+
+def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
+    """Check, build the data, tokenise and mask, load the model, and set up the SFTTrainer (nothing trained yet)."""
     device = pick_device(cfg.train.device)
     resume_from = check_before_loading(cfg, device)
     data_dir = ensure_built(cfg)
@@ -196,7 +212,6 @@ def train(cfg: Config) -> Path:
                 if t.eval_strategy != "no" else None)
     print(audit(tok, train_rows, train_enc), flush=True)
 
-    import torch
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -207,39 +222,46 @@ def train(cfg: Config) -> Path:
     model = load_model(model_path, cfg.model, device, for_training=True)
     examples = pick_examples(test_rows, t.show_examples)
     before = answer(model, tok, examples) if examples and not resume_from else []
-
-    args = build_sft_config(cfg, device, precision)
     trainer = SFTTrainer(
         model=model,
-        args=args,
+        args=build_sft_config(cfg, device, precision),
         train_dataset=Dataset.from_list(train_enc),
         eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
         processing_class=tok,
         peft_config=build_lora_config(cfg.lora),
-        callbacks=[LossPlotCallback(cfg.out, eval_enabled=t.eval_strategy != "no")],
+        callbacks=[LossPlotCallback(cfg.out, eval_enabled=t.eval_strategy != "no"), *(callbacks or [])],
     )
     choose_pad_token(tok)  # SFTTrainer falls back to eos when the tokenizer had no pad token; keep ours
+    return Run(trainer, tok, train_enc, eval_enc, examples, before, resume_from, device, precision)
+
+
+def train(cfg: Config, callbacks: list | None = None) -> Path:
+    """Fine-tune; returns the adapter directory."""
+    import torch
+
+    run = build_trainer(cfg, callbacks)
+    trainer, tok = run.trainer, run.tok
     trainable, total = trainer.model.get_nb_trainable_parameters()
-    print(f"device {device}, precision {precision}, threads {torch.get_num_threads()}; LoRA trains "
+    print(f"device {run.device}, precision {run.precision}, threads {torch.get_num_threads()}; LoRA trains "
           f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
-          + (f"; resuming from {resume_from}" if resume_from else ""), flush=True)
+          + (f"; resuming from {run.resume_from}" if run.resume_from else ""), flush=True)
 
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    result = trainer.train(resume_from_checkpoint=run.resume_from)
     wall = time.perf_counter() - start
 
     adapter_dir = cfg.adapter_dir
     if trainer.is_world_process_zero():
         trainer.save_model(str(adapter_dir))
         tok.save_pretrained(str(adapter_dir))
-    metrics = summarise(trainer, result, train_enc, wall, start_epoch(resume_from))
-    if eval_enc:
+    metrics = summarise(trainer, result, run.train_enc, wall, start_epoch(run.resume_from))
+    if run.eval_enc:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     if trainer.is_world_process_zero():
         write_json(cfg.out / "metrics.json", metrics)
-        if examples:
-            after = answer(trainer.model, tok, examples)
-            print(show_examples(examples, before, after), flush=True)
+        if run.examples:
+            after = answer(trainer.model, tok, run.examples)
+            print(show_examples(run.examples, run.before, after), flush=True)
         print(f"train loss {metrics['train_loss']:.4f}"
               + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
               + f"; {metrics['tokens_per_second']:.0f} tokens/s; {wall:.0f} s", flush=True)

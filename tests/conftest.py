@@ -76,7 +76,7 @@ def build_tiny_model(tok_dir: Path, out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(config)
     model.save_pretrained(out)
@@ -107,14 +107,13 @@ def tiny_model(tiny_models) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A tiny random BERT with a character vocabulary, as a BERTScore encoder."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     out = tmp_path_factory.mktemp("tiny-bert")
     text = (ROOT / "data" / "genshin_roles.json").read_text(encoding="utf-8")
     chars = sorted(set(text) | set("abcdefghijklmnopqrstuvwxyz0123456789是男性女来自元素的"))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [c for c in chars if c.strip()]
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), tokenize_chinese_chars=True)
+    tok = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)})
     tok.model_max_length = 128
     tok.save_pretrained(out)
     import torch

@@ -1,0 +1,222 @@
+"""Merge, batched generation, BERTScore and the report, on tiny models."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval.generate import generate, load_predictions
+from eval.merge import merge
+from eval.score import Scorer, markdown, read_predictions, score, score_rows, summarise, value_match
+from kit.config import KitError, build_config
+from kit.generation import generate_batched
+from sft.encode import generation_prompt
+from sft.train import train
+
+ROLES = {"钟离": {"性别": "成年男性", "国籍": "璃月", "元素力": "岩元素"},
+         "丽莎": {"性别": "成年女性", "国籍": "蒙德", "元素力": "雷元素"}}
+
+
+def make_cfg(model_dir, root: Path, bert=None, **eval_):
+    src = root / "roles.json"
+    if not src.exists():
+        src.write_text(json.dumps(ROLES, ensure_ascii=False), encoding="utf-8")
+    e = {"merge_dtype": "float32", "batch_size": 4, "max_new_tokens": 12}
+    if bert:
+        e.update(bertscore_model=str(bert), bertscore_layer=2)
+    e.update(eval_)
+    return build_config({
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"source": str(src), "max_train_phrasings": 4},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {"max_steps": 12, "learning_rate": 2e-2, "eval_strategy": "no", "save_strategy": "no",
+                  "logging_steps": 4, "show_examples": 0},
+        "eval": e,
+        "output_dir": str(root / "run")})
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_model, tiny_bert, tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    cfg = make_cfg(tiny_model, root, tiny_bert)
+    train(cfg)
+    return root
+
+
+def cfg_for(trained, tiny_model, tiny_bert, **eval_):
+    return make_cfg(tiny_model, trained, tiny_bert, **eval_)
+
+
+def test_merged_equals_base_plus_adapter(trained, tiny_model, tiny_bert, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = cfg_for(trained, tiny_model, tiny_bert, merged_dir=str(tmp_path / "merged"))
+    out = merge(cfg)
+    check = json.loads((out / "merge_check.json").read_text())
+    assert check["passed"] and check["float32_max_abs_logit_diff"] <= cfg.eval.merge_atol
+    for name in ("model.safetensors", "tokenizer.json", "generation_config.json", "config.json"):
+        assert (out / name).is_file(), name
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
+    gen = json.loads((out / "generation_config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.convert_tokens_to_ids("<|im_end|>") in (gen["eos_token_id"] if isinstance(gen["eos_token_id"], list)
+                                                       else [gen["eos_token_id"]])
+    # independently: the export and base + adapter give the same logits
+    ids = tok(generation_prompt(tok, [{"role": "user", "content": "钟离来自哪个国家?"}]),
+              add_special_tokens=False, return_tensors="pt")["input_ids"]
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                                        str(cfg.adapter_dir))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, rtol=0, atol=1e-4)
+        assert not torch.allclose(merged(ids).logits,
+                                  AutoModelForCausalLM.from_pretrained(tiny_model)(ids).logits, atol=1e-3)
+    with pytest.raises(KitError, match=r"an export already exists; set eval\.overwrite=true"):
+        merge(cfg)
+
+
+def test_merge_needs_an_adapter(tiny_model, tmp_path):
+    cfg = make_cfg(tiny_model, tmp_path)
+    with pytest.raises(KitError, match=r"adapter: no trained adapter here .* `python -m sft\.train CONFIG`"):
+        merge(cfg)
+
+
+def test_batched_answers_equal_one_by_one(trained, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from kit.models import load_tokenizer
+
+    tok = load_tokenizer(str(trained / "run" / "adapter"))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                                      str(trained / "run" / "adapter")).eval()
+    questions = ["钟离是什么性别?", "请问丽莎的国籍是什么?", "你好", "丽莎使用哪种元素?", "钟离从哪里来的?",
+                 "很长的问题" * 5]
+    prompts = [generation_prompt(tok, [{"role": "user", "content": q}]) for q in questions]
+    batched = generate_batched(model, tok, prompts, batch_size=4, max_new_tokens=10)
+    single = [generate_batched(model, tok, [p], batch_size=1, max_new_tokens=10)[0] for p in prompts]
+    assert batched == single
+    assert len(set(batched)) > 1
+
+
+def test_generate_writes_rows_and_resumes(trained, tiny_model, tiny_bert, tmp_path):
+    cfg = cfg_for(trained, tiny_model, tiny_bert, use_merged=False, output_dir=str(tmp_path / "ev"))
+    out = generate(cfg)
+    rows = load_predictions(out)
+    assert len(rows) == len({r["id"] for r in rows}) > 4
+    for key in ("question", "answer", "prediction", "raw_prediction", "entity", "attribute", "expected", "split"):
+        assert key in rows[0]
+    # a crash after 3 rows, mid-line: the rerun keeps those 3 and answers the rest
+    lines = out.read_text(encoding="utf-8").splitlines()
+    out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10], encoding="utf-8")
+    generate(cfg)
+    again = load_predictions(out)
+    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in rows)
+    assert {r["id"]: r["prediction"] for r in again} == {r["id"]: r["prediction"] for r in rows}
+    with pytest.raises(KitError, match=r"no merged export here; run `python -m eval\.merge CONFIG` first"):
+        generate(cfg_for(trained, tiny_model, tiny_bert, use_merged=True, merged_dir=str(tmp_path / "none")))
+
+
+def test_tiny_bert_scores_identical_strings_one(tiny_bert):
+    s = Scorer(str(tiny_bert), 2, "zh", batch_size=4)
+    p, r, f = s.score(["钟离是男性", "岩元素", "钟离来自璃月"], ["钟离是男性", "雷元素", "丽莎来自蒙德"])
+    assert f[0] == pytest.approx(1.0, abs=1e-5)
+    assert f[1] < 0.999 and f[2] < 0.999
+    assert "L2" in s.hash
+
+
+def test_encoder_that_cannot_load_names_itself(tmp_path):
+    (tmp_path / "enc").mkdir()
+    with pytest.raises(KitError, match=r"BERTScore encoder '.*enc' could not be loaded .* "
+                                       r"eval\.bertscore_model=/path/to/local/dir"):
+        Scorer(str(tmp_path / "enc"), 2, "zh")
+
+
+class FakeScorer:
+    hash = "fake-hash"
+    label = "fake"
+
+    def __init__(self, f1):
+        self.f1 = f1
+
+    def score(self, preds, refs):
+        return self.f1, self.f1, self.f1
+
+
+def test_report_numbers_from_known_inputs(tiny_model, tmp_path):
+    cfg = make_cfg(tiny_model, tmp_path, f1_threshold=0.6, worst_n=2)
+    rows = [
+        {"question": "q1", "answer": "钟离是男性", "prediction": "钟离是男性", "entity": "钟离", "attribute": "性别",
+         "expected": "男性", "split": "test"},
+        {"question": "q2", "answer": "岩元素", "prediction": "雷元素", "entity": "钟离", "attribute": "元素力",
+         "expected": "岩元素", "split": "test"},
+        {"question": "q3", "answer": "丽莎来自蒙德", "prediction": "来自 蒙德!", "entity": "丽莎", "attribute": "国籍",
+         "expected": "蒙德", "split": "test"},
+        {"question": "q4", "answer": "丽莎是女性", "prediction": "", "entity": "丽莎", "attribute": "性别",
+         "expected": "女性", "split": "test"},
+    ]
+    scored = score_rows(rows, FakeScorer([1.0, 0.5, 0.8, 0.2]), "finetuned")
+    assert [r["value_match"] for r in scored] == [True, False, True, False]
+    summary = summarise(scored, cfg, FakeScorer([]), "known")
+    o = summary["models"]["finetuned"]["overall"]
+    assert o["f1_mean"] == pytest.approx(0.625) and o["f1_median"] == pytest.approx(0.65)
+    assert o["value_match_rate"] == pytest.approx(0.5) and o["below_threshold"] == 2
+    per = summary["models"]["finetuned"]["per_attribute"]
+    assert per["性别"]["rows"] == 2 and per["性别"]["value_match_rate"] == 0.5
+    assert [r["question"] for r in summary["models"]["finetuned"]["lowest"]] == ["q4", "q2"]
+    md = markdown(summary)
+    assert "| value match | 50.0% |" in md and "fake-hash" in md
+
+
+def test_value_match_normalises():
+    assert value_match("往生堂客卿,岩神", "钟离是往生堂客卿，岩神。")
+    assert value_match("Mondstadt", "lisa is from MONDSTADT.")
+    assert not value_match("女性", "钟离是男性")
+    assert value_match("", "x") is None
+
+
+def test_score_a_foreign_predictions_file(tiny_model, tiny_bert, tmp_path):
+    cfg = make_cfg(tiny_model, tmp_path, tiny_bert)
+    pred = tmp_path / "answers.csv"
+    with pred.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["question", "answer", "prediction", "value"])
+        w.writerow(["钟离是什么性别?", "钟离是男性", "钟离是男性", "男性"])
+        w.writerow(["钟离的元素?", "岩元素", "雷元素", "岩元素"])
+    out = score(cfg, predictions=pred)
+    rows = list(csv.DictReader((out / "scores.csv").open(encoding="utf-8")))
+    for col in ("question", "answer", "prediction", "precision", "recall", "f1", "hash", "entity", "attribute",
+                "split", "raw_prediction", "value_match"):
+        assert col in rows[0]
+    assert float(rows[0]["f1"]) == pytest.approx(1.0, abs=1e-5) and rows[1]["value_match"] == "0"
+    for name in ("summary.md", "summary.json", "f1_hist.png", "attributes.png"):
+        assert (out / name).is_file()
+
+
+@pytest.mark.parametrize("content,suffix,pattern", [
+    ("question,answer\nq,a\n", ".csv", r"missing column\(s\) \['prediction'\]"),
+    ("question,answer,prediction\nq,a,p\n,a2,p2\n", ".csv", r"row 3: empty 'question'"),
+    ('{"question": "q", "answer": "", "prediction": "p"}\n', ".jsonl", r"row 1: empty 'answer'"),
+    ("question,answer,prediction\n", ".csv", r"has no rows"),
+    ("x", ".txt", r"unsupported predictions format"),
+])
+def test_bad_predictions_files(tiny_model, tmp_path, content, suffix, pattern):
+    pred = tmp_path / f"p{suffix}"
+    pred.write_text(content, encoding="utf-8")
+    cfg = make_cfg(tiny_model, tmp_path)
+    with pytest.raises(KitError, match=pattern):
+        score(cfg, predictions=pred)
+    assert not (tmp_path / "run" / "report").exists()
+
+
+def test_mismatched_row_counts(tiny_model, tiny_bert, tmp_path):
+    cfg = make_cfg(tiny_model, tmp_path, tiny_bert)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    row = {"question": "q", "answer": "a", "prediction": "a"}
+    a.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    b.write_text((json.dumps(row) + "\n") * 2, encoding="utf-8")
+    with pytest.raises(KitError, match=r"different row counts \{'a': 1, 'b': 2\}"):
+        score(cfg, models={"a": a, "b": b}, predictions=a)
