@@ -12,13 +12,14 @@ batch finishes; a rerun skips the rows already there. Greedy by default; <think>
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 from data_prep.build import load_rows
 from kit.config import Config, KitError, parse_args, run_main
 from kit.generation import generate_batched
-from kit.models import load_model, load_tokenizer, pick_device, resolve
+from kit.models import load_model, load_tokenizer, pick_device, process_state, resolve
 from sft.encode import generation_prompt, strip_think
 
 
@@ -95,44 +96,155 @@ def generate(cfg: Config, which: str = "finetuned") -> Path:
 
     rows = eval_rows(cfg)
     model_source(cfg, which)  # fail on a missing model before the data or the model load
-    device = pick_device(cfg.train.device)
     if cfg.eval.backend == "vllm":
-        raise KitError("eval.backend=vllm is not available in this version; use eval.backend=hf")
+        check_vllm()
+        return generate_with_vllm(cfg, which, rows)
+    device = pick_device(cfg.train.device)
+    state = process_state(device)  # under `accelerate launch` / torchrun, each process answers its share
     out = predictions_path(cfg, which)
     model, tok, meta = load_for_generation(cfg, which, device)
-    meta["max_new_tokens"] = cfg.eval.max_new_tokens
-    meta["do_sample"] = cfg.eval.do_sample
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_ids(out, meta, cfg.eval.overwrite)
-    _rewrite_complete_lines(out, done)
-    out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    meta.update(max_new_tokens=cfg.eval.max_new_tokens, do_sample=cfg.eval.do_sample)
+    if state.is_main_process:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _fold_shards(out)
+        done = _done_ids(out, meta, cfg.eval.overwrite)
+        _rewrite_complete_lines(out, done)
+        out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    state.wait_for_everyone()
+    done = {r["id"] for r in load_predictions(out)} if out.is_file() else set()
     todo = [r for r in rows if r["id"] not in done]
-    if done:
+    if done and state.is_main_process:
         print(f"{out}: {len(done)} rows already answered, {len(todo)} to go")
-    prompts = [generation_prompt(tok, r["messages"][:-1]) for r in todo]
-    bar = tqdm(total=len(todo), desc=f"answering ({which})", unit="row")
+    with state.split_between_processes(list(range(len(todo)))) as share:
+        mine = [todo[i] for i in share]
+    target = out if state.num_processes == 1 else _shard(out, state.process_index)
+    prompts = [generation_prompt(tok, r["messages"][:-1]) for r in mine]
+    bar = tqdm(total=len(mine), desc=f"answering ({which})", unit="row", disable=not state.is_local_main_process)
     start = time.perf_counter()
-    with out.open("a", encoding="utf-8") as f:
+    with target.open("a", encoding="utf-8") as f:
         def write(indices: list[int], answers: list[str]) -> None:
             for i, raw in zip(indices, answers):
-                r = todo[i]
-                pred = strip_think(raw) if cfg.model.thinking == "strip" else raw.strip()
-                f.write(json.dumps({
-                    "id": r["id"], "split": r["split"], "question": r["messages"][-2]["content"],
-                    "answer": r["messages"][-1]["content"], "prediction": pred, "raw_prediction": raw,
-                    "entity": r["entity"], "attribute": r["attribute"], "value": r["value"],
-                    "expected": r["expected"], "template": r["template"],
-                }, ensure_ascii=False) + "\n")
+                f.write(json.dumps(prediction_row(mine[i], raw, cfg.model.thinking), ensure_ascii=False) + "\n")
             f.flush()
             bar.update(len(indices))
 
         generate_batched(model, tok, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.eval.do_sample,
                          cfg.eval.temperature, cfg.eval.top_p, on_batch=write)
     bar.close()
-    if todo:
-        print(f"{len(todo)} answers in {time.perf_counter() - start:.1f} s "
-              f"({len(todo) / (time.perf_counter() - start):.1f} rows/s)")
+    elapsed = time.perf_counter() - start
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _fold_shards(out)
+        _in_row_order(out, rows)
+        if todo:
+            print(f"{len(todo)} answers in {elapsed:.1f} s ({len(todo) / elapsed:.1f} rows/s, "
+                  f"{state.num_processes} process(es))")
+    state.wait_for_everyone()
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# vLLM: the same prompts (token ids from the same chat template), stop tokens and think handling as the hf path.
+
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def check_vllm() -> None:
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        raise KitError("eval.backend=vllm: vLLM is not installed (pip install vllm, on a machine with a CUDA GPU); "
+                       "or use eval.backend=hf")
+    if not torch.cuda.is_available():
+        raise KitError("eval.backend=vllm needs a CUDA GPU and none is visible; use eval.backend=hf")
+
+
+def vllm_plan(cfg: Config, tok, rows: list[dict], adapter: str | None) -> dict:
+    """Everything vLLM is given, computed without vLLM: prompt token ids, sampling and LoRA settings."""
+    from kit.generation import stop_token_ids
+
+    prompts = [tok(generation_prompt(tok, r["messages"][:-1]), add_special_tokens=False)["input_ids"] for r in rows]
+    sampling = {"max_tokens": cfg.eval.max_new_tokens, "stop_token_ids": stop_token_ids(tok),
+                "skip_special_tokens": True,
+                "temperature": cfg.eval.temperature if cfg.eval.do_sample else 0.0,
+                "top_p": cfg.eval.top_p if cfg.eval.do_sample else 1.0}
+    plan = {"prompt_token_ids": prompts, "sampling": sampling, "enable_lora": adapter is not None}
+    if adapter:
+        r = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))["r"]
+        fits = [k for k in VLLM_LORA_RANKS if k >= r]
+        if not fits:
+            raise KitError(f"{adapter}: LoRA rank {r} is above what vLLM serves ({VLLM_LORA_RANKS[-1]}); "
+                           f"merge it (eval.use_merged=true) instead")
+        plan.update(max_lora_rank=fits[0], adapter=adapter)
+    return plan
+
+
+def generate_with_vllm(cfg: Config, which: str, rows: list[dict]) -> Path:  # pragma: no cover - needs a GPU
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    path, adapter = model_source(cfg, which)
+    tok = load_tokenizer(adapter or path, cfg.model.trust_remote_code)
+    plan = vllm_plan(cfg, tok, rows, adapter)
+    kwargs = {"enable_lora": plan["enable_lora"]}
+    if adapter:
+        kwargs["max_lora_rank"] = plan["max_lora_rank"]
+    llm = LLM(model=path, tokenizer=adapter or path, dtype=cfg.model.dtype, seed=cfg.train.seed, **kwargs)
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in plan["prompt_token_ids"]],
+                           SamplingParams(**plan["sampling"]),
+                           lora_request=LoRARequest("kit", 1, adapter) if adapter else None)
+    out = predictions_path(cfg, which)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for r, o in zip(rows, outputs):
+        raw = o.outputs[0].text
+        lines.append(json.dumps(prediction_row(r, raw, cfg.model.thinking), ensure_ascii=False))
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, out)
+    out.with_suffix(".meta.json").write_text(json.dumps({"model": path, "adapter": adapter, "backend": "vllm"},
+                                                        indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def prediction_row(r: dict, raw: str, thinking: str) -> dict:
+    pred = strip_think(raw) if thinking == "strip" else raw.strip()
+    return {"id": r["id"], "split": r["split"], "question": r["messages"][-2]["content"],
+            "answer": r["messages"][-1]["content"], "prediction": pred, "raw_prediction": raw,
+            "entity": r["entity"], "attribute": r["attribute"], "value": r["value"], "expected": r["expected"],
+            "template": r["template"]}
+
+
+def _shard(out: Path, rank: int) -> Path:
+    return out.with_name(f"{out.stem}.rank{rank}.jsonl")
+
+
+def _fold_shards(out: Path) -> None:
+    """Append the rows of per-process shard files (this run's, or a crashed run's) to the main file."""
+    shards = sorted(out.parent.glob(f"{out.stem}.rank*.jsonl"))
+    if not shards:
+        return
+    with out.open("a", encoding="utf-8") as f:
+        for shard in shards:
+            for line in shard.read_text(encoding="utf-8").splitlines():
+                try:
+                    json.loads(line)
+                except ValueError:
+                    break  # cut by a crash: answered again on the next run
+                f.write(line + "\n")
+            shard.unlink()
+
+
+def _in_row_order(out: Path, rows: list[dict]) -> None:
+    """Rewrite the predictions in the order of the data set (batches finish in length order)."""
+    position = {r["id"]: i for i, r in enumerate(rows)}
+    lines = [line for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines.sort(key=lambda line: position.get(json.loads(line)["id"], len(position)))
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, out)
 
 
 def _rewrite_complete_lines(path: Path, done: set[str]) -> None:
@@ -159,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv, __doc__.splitlines()[0], extra=lambda p: p.add_argument(
         "--model", choices=["finetuned", "base"], default="finetuned", help="which model answers"))
     out = generate(cfg, args.model)
-    print(f"predictions written to {out}")
+    if process_state(pick_device(cfg.train.device)).is_main_process:
+        print(f"predictions written to {out}")
     return 0
 
 

@@ -166,6 +166,7 @@ class EvalConfig:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    # hf: batched transformers generate; vllm: vLLM offline LLM.generate on all prompts (CUDA + pip install vllm).
     backend: Literal["hf", "vllm"] = "hf"
     # Put the base model's answers beside the fine-tuned model's in the report.
     compare_base: bool = False

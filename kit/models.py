@@ -136,6 +136,15 @@ def pick_device(choice: str = "auto") -> str:
     return choice
 
 
+def process_state(device: str):
+    """This process's place among those started by `accelerate launch` / torchrun (or the only one).
+
+    On CPU accelerate only joins the processes (gloo) when told it runs on CPU; otherwise each would be rank 0."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

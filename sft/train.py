@@ -19,7 +19,7 @@ from pathlib import Path
 
 from data_prep.build import ensure_built, load_rows
 from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
-from kit.models import choose_pad_token, load_model, load_tokenizer, pick_device, resolve
+from kit.models import choose_pad_token, load_model, load_tokenizer, pick_device, process_state, resolve
 from sft.callbacks import LossPlotCallback
 from sft.encode import audit, encode_rows, generation_prompt
 
@@ -198,9 +198,11 @@ class Run:
 def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     """Check, build the data, tokenise and mask, load the model, and set up the SFTTrainer (nothing trained yet)."""
     device = pick_device(cfg.train.device)
+    state = process_state(device)  # one process, or one of several under `accelerate launch` / torchrun
     resume_from = check_before_loading(cfg, device)
-    data_dir = ensure_built(cfg)
-    model_path = resolve(cfg.model)
+    with state.main_process_first():  # files (data, dequantised GGUF) are written once, then read by the others
+        data_dir = ensure_built(cfg)
+        model_path = resolve(cfg.model)
     set_threads(cfg, device)
     score_only_supervised_positions(device)
     tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
@@ -210,17 +212,18 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     train_enc = encode_rows(tok, train_rows, t.max_length, cfg.model.thinking, str(data_dir / "train.jsonl"))
     eval_enc = (encode_rows(tok, test_rows, t.max_length, cfg.model.thinking, str(data_dir / "test.jsonl"))
                 if t.eval_strategy != "no" else None)
-    print(audit(tok, train_rows, train_enc), flush=True)
-
     from datasets import Dataset
     from trl import SFTTrainer
 
     precision = resolve_precision(cfg, device)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-    write_json(cfg.out / "versions.json", versions())
+    main = state.is_main_process
+    if main:
+        print(audit(tok, train_rows, train_enc), flush=True)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        (cfg.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        write_json(cfg.out / "versions.json", versions())
     model = load_model(model_path, cfg.model, device, for_training=True)
-    examples = pick_examples(test_rows, t.show_examples)
+    examples = pick_examples(test_rows, t.show_examples) if main else []
     before = answer(model, tok, examples) if examples and not resume_from else []
     trainer = SFTTrainer(
         model=model,
@@ -242,9 +245,10 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
     run = build_trainer(cfg, callbacks)
     trainer, tok = run.trainer, run.tok
     trainable, total = trainer.model.get_nb_trainable_parameters()
-    print(f"device {run.device}, precision {run.precision}, threads {torch.get_num_threads()}; LoRA trains "
-          f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
-          + (f"; resuming from {run.resume_from}" if run.resume_from else ""), flush=True)
+    if trainer.is_world_process_zero():
+            print(f"device {run.device}, precision {run.precision}, threads {torch.get_num_threads()}; LoRA trains "
+              f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
+              + (f"; resuming from {run.resume_from}" if run.resume_from else ""), flush=True)
 
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=run.resume_from)
@@ -305,7 +309,8 @@ def show_examples(rows: list[dict], before: list[str], after: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     _, cfg = parse_args(argv, __doc__.splitlines()[0])
     out = train(cfg)
-    print(f"adapter saved to {out}; loss plot: {cfg.out / 'loss.png'}")
+    if process_state(pick_device(cfg.train.device)).is_main_process:
+        print(f"adapter saved to {out}; loss plot: {cfg.out / 'loss.png'}")
     return 0
 
 

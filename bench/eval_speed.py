@@ -1,0 +1,99 @@
+"""Evaluation speed: the tutorial's loop vs the kit's batched paths, same model, same rows, one run.
+
+    python -m bench.eval_speed                       # after the quickstart: train, then eval.merge
+    python -m bench.eval_speed --rows 40 --model runs/quickstart/merged
+
+Generation: the tutorial calls `generate` once per question with max_new_tokens=512 (its temperature 0.1 / top-p 0.1
+without do_sample is greedy); the kit answers in length-sorted, left-padded batches. The kit's answers must equal
+one-by-one greedy answers from the same model: batching must not change them.
+Scoring: the tutorial makes one BERTScore call per row (here on a scorer loaded once, as `evaluate` caches it; plain
+`bert_score.score()` would also reload the model every row); the kit scores length-sorted batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from data_prep.build import ensure_built, load_rows
+from eval.score import Scorer, encoder_for
+from kit.config import KitError, load_config
+from kit.generation import generate_batched
+from kit.models import load_tokenizer
+from sft.encode import generation_prompt
+from sft.train import set_threads
+
+
+def tutorial_generate(model, tok, rows: list[dict]) -> list[str]:
+    out = []
+    for row in rows:
+        ids = tok.apply_chat_template(row["messages"][:-1], tokenize=True, add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            gen = model.generate(ids, temperature=0.1, top_p=0.1, top_k=10, max_new_tokens=512,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        out.append(tok.decode(gen[0][ids.shape[1]:], skip_special_tokens=True).strip())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--model", default=None, help="model directory (default: the config's merged export)")
+    parser.add_argument("--rows", type=int, default=48, help="test questions (the tutorial's loop is slow)")
+    parser.add_argument("--score-rows", type=int, default=480, help="answer pairs to score")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config)
+    set_threads(cfg, "cpu")
+    model_dir = Path(args.model) if args.model else cfg.merged_dir
+    if not (model_dir / "config.json").is_file():
+        raise KitError(f"{model_dir}: no model; run `python -m sft.train {args.config}` and "
+                       f"`python -m eval.merge {args.config}` first, or pass --model DIR")
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    rows = [r for r in load_rows(ensure_built(cfg) / "test.jsonl") if r["turns"] == 1][: args.rows]
+    prompts = [generation_prompt(tok, r["messages"][:-1]) for r in rows]
+    print(f"{len(rows)} test questions, model {model_dir}, {torch.get_num_threads()} threads", flush=True)
+
+    t = time.perf_counter()
+    tutorial = tutorial_generate(model, tok, rows)
+    t_tut = time.perf_counter() - t
+    t = time.perf_counter()
+    batched = generate_batched(model, tok, prompts, batch_size=cfg.eval.batch_size,
+                               max_new_tokens=cfg.eval.max_new_tokens)
+    t_kit = time.perf_counter() - t
+    single = generate_batched(model, tok, prompts, batch_size=1, max_new_tokens=cfg.eval.max_new_tokens)
+    same = sum(a == b for a, b in zip(batched, single))
+    same_tut = sum(a == b for a, b in zip(batched, tutorial))
+    print(f"\ngeneration   tutorial loop {len(rows) / t_tut:6.2f} answers/s   kit batched {len(rows) / t_kit:6.2f} "
+          f"answers/s   -> {t_tut / t_kit:.1f}x")
+    print(f"  kit batched == one-by-one greedy (same max_new_tokens): {same}/{len(rows)}; "
+          f"== tutorial loop answers: {same_tut}/{len(rows)}")
+
+    model_type, layer, label = encoder_for(cfg)
+    scorer = Scorer(model_type, layer, cfg.data.language, cfg.eval.bertscore_batch_size, label)
+    refs = [r["messages"][-1]["content"] for r in rows]
+    n = args.score_rows
+    preds_n = [batched[i % len(rows)] for i in range(n)]
+    refs_n = [refs[i % len(rows)] for i in range(n)]
+    k = min(n, 60)  # the per-row loop on a subset: its rate does not depend on how many rows
+    t = time.perf_counter()
+    loop_f1 = [float(scorer.scorer.score([p], [r])[2][0]) for p, r in zip(preds_n[:k], refs_n[:k])]
+    t_loop = (time.perf_counter() - t) / k
+    t = time.perf_counter()
+    _, _, f1 = scorer.score(preds_n, refs_n)
+    t_batch = (time.perf_counter() - t) / n
+    diff = max(abs(a - b) for a, b in zip(loop_f1, f1[:k]))
+    print(f"scoring      tutorial loop {1 / t_loop:6.1f} pairs/s     kit batched {1 / t_batch:6.1f} pairs/s     "
+          f"-> {t_loop / t_batch:.1f}x   (encoder {label}; max |F1 difference| {diff:.1e})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""Scale-out plumbing: accelerate configs, several processes, the vLLM request plan."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kit.config import KitError, build_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCEL = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCEL, ids=lambda p: p.name)
+def test_accelerate_configs(path):
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("# accelerate launch --config_file configs/accelerate/")
+    cfg = yaml.safe_load(text)
+    assert cfg["distributed_type"] in {"MULTI_GPU", "FSDP", "DEEPSPEED"}
+    if cfg["distributed_type"] == "DEEPSPEED":
+        ds = json.loads((ROOT / cfg["deepspeed_config"]["deepspeed_config_file"]).read_text())
+        assert ds["zero_optimization"]["stage"] == 3
+
+
+def test_vllm_missing_is_a_clear_error(tiny_model, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    from eval.generate import check_vllm
+
+    with pytest.raises(KitError, match=r"eval\.backend=vllm: vLLM is not installed"):
+        check_vllm()
+
+
+def test_vllm_plan_matches_the_hf_path(trained_adapter):
+    from eval.generate import vllm_plan
+    from kit.generation import stop_token_ids
+    from kit.models import load_tokenizer
+    from sft.encode import generation_prompt
+
+    cfg, rows = trained_adapter
+    tok = load_tokenizer(str(cfg.adapter_dir))
+    plan = vllm_plan(cfg, tok, rows, str(cfg.adapter_dir))
+    first = tok(generation_prompt(tok, rows[0]["messages"][:-1]), add_special_tokens=False)["input_ids"]
+    assert plan["prompt_token_ids"][0] == first
+    assert plan["sampling"]["temperature"] == 0.0 and plan["sampling"]["max_tokens"] == cfg.eval.max_new_tokens
+    assert plan["sampling"]["stop_token_ids"] == stop_token_ids(tok)
+    assert plan["enable_lora"] and plan["max_lora_rank"] == 8  # adapter r=4 -> vLLM's smallest rank that fits
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(tiny_model, tmp_path_factory):
+    from data_prep.build import load_rows
+    from sft.train import train
+
+    root = tmp_path_factory.mktemp("scale")
+    cfg = two_proc_cfg(root, tiny_model, per_device=8, max_steps=2)
+    train(cfg)
+    return cfg, [r for r in load_rows(cfg.data_dir / "test.jsonl")][:3]
+
+
+def two_proc_cfg(root: Path, model, per_device: int, max_steps: int = 4, out: str = "run"):
+    src = root / "roles.json"
+    src.write_text(json.dumps({"钟离": {"性别": "成年男性", "国籍": "璃月"}, "丽莎": {"性别": "成年女性", "国籍": "蒙德"}},
+                              ensure_ascii=False), encoding="utf-8")
+    return build_config({
+        "model": {"name_or_path": str(model)},
+        "data": {"source": str(src), "max_train_phrasings": 4},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"max_steps": max_steps, "learning_rate": 1e-2, "per_device_train_batch_size": per_device,
+                  "eval_strategy": "no", "save_strategy": "steps", "save_steps": 2, "logging_steps": 1,
+                  "show_examples": 2, "seed": 3},
+        "eval": {"batch_size": 3, "max_new_tokens": 6, "use_merged": False, "splits": ["train", "test"]},
+        "output_dir": str(root / out)})
+
+
+def write_yaml(cfg, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Two CPU processes on the gloo backend. (`accelerate launch --cpu` starts only one process without MPI;
+    torchrun sets the same environment that accelerate reads on GPUs.)"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_two_processes_write_once_and_match_one_process(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from sft.train import train
+
+    single = two_proc_cfg(tmp_path, tiny_model, per_device=8, out="single")
+    train(single)
+    multi = two_proc_cfg(tmp_path, tiny_model, per_device=4, out="multi")
+    p = launch([str(ROOT / "sft" / "train.py"), str(write_yaml(multi, tmp_path / "multi.yaml"))], ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run = tmp_path / "multi"
+    assert sorted(x.name for x in run.iterdir()) == sorted(x.name for x in (tmp_path / "single").iterdir())
+    assert sorted(x.name for x in (run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert p.stdout.count("mask audit") == 1 and p.stdout.count("before -> after") == 1
+    a = load_file(str(tmp_path / "single" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    import torch
+
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+
+
+def test_two_processes_answer_every_row_once_in_order(trained_adapter, tmp_path):
+    from eval.generate import eval_rows, load_predictions
+
+    cfg, _ = trained_adapter
+    p = launch([str(ROOT / "eval" / "generate.py"), str(write_yaml(cfg, tmp_path / "gen.yaml"))], ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = [r["id"] for r in load_predictions(cfg.eval_dir / "predictions.jsonl")]
+    assert got == [r["id"] for r in eval_rows(cfg)]
+    assert not list(cfg.eval_dir.glob("*.rank*.jsonl"))
