@@ -30,7 +30,7 @@ class DataError(KitError):
 # Input
 
 
-def _no_duplicates(path: Path, entity_level: list[int]):
+def _no_duplicates(path: Path):
     def hook(pairs: list[tuple[str, object]]) -> dict:
         seen: set[str] = set()
         for key, value in pairs:
@@ -67,7 +67,7 @@ def load_attributes(path: str | Path, language: str = "zh") -> dict[str, dict[st
     if not text.strip():
         raise DataError(f"{path}: file is empty; expected JSON like {{\"钟离\": {{\"性别\": \"成年男性\"}}}}")
     try:
-        raw = json.loads(text, object_pairs_hook=_no_duplicates(path, []))
+        raw = json.loads(text, object_pairs_hook=_no_duplicates(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     if not isinstance(raw, dict) or not raw:

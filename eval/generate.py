@@ -56,8 +56,7 @@ def model_source(cfg: Config, which: str) -> tuple[str, str | None]:
     return resolve(cfg.model), str(cfg.adapter_dir)
 
 
-def load_for_generation(cfg: Config, which: str, device: str):
-    path, adapter = model_source(cfg, which)
+def load_for_generation(cfg: Config, path: str, adapter: str | None, device: str):
     tok = load_tokenizer(adapter or path, cfg.model.trust_remote_code)
     model = load_model(path, cfg.model, device)
     if adapter:
@@ -65,29 +64,23 @@ def load_for_generation(cfg: Config, which: str, device: str):
 
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
-    return model, tok, {"model": path, "adapter": adapter}
+    return model, tok
 
 
-def _done_ids(path: Path, meta: dict, overwrite: bool) -> set[str]:
-    """Ids already answered by the same model; a file from another model is an error, not silently mixed in."""
-    meta_path = path.with_suffix(".meta.json")
-    if not path.is_file():
-        return set()
-    if overwrite or not meta_path.is_file():
-        path.unlink()
-        meta_path.unlink(missing_ok=True)
-        return set()
-    old = json.loads(meta_path.read_text(encoding="utf-8"))
-    if {k: old.get(k) for k in meta} != meta:
-        raise KitError(f"{path}: holds predictions of another model ({old}); set eval.overwrite=true to replace "
-                       f"them, or choose another eval.output_dir")
-    done = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            done.add(json.loads(line)["id"])
-        except (ValueError, KeyError):
-            break  # a line cut by a crash: the rows from here on are answered again
-    return done
+def _prepare_output(out: Path, meta: dict, overwrite: bool) -> None:
+    """Keep earlier rows of the same model (resume), refuse those of another, drop a line cut by a crash."""
+    meta_path = out.with_suffix(".meta.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _fold_shards(out)
+    if out.is_file() and (overwrite or not meta_path.is_file()):
+        out.unlink()
+    elif out.is_file():
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        if {k: old.get(k) for k in meta} != meta:
+            raise KitError(f"{out}: holds predictions of another model ({old}); set eval.overwrite=true to "
+                           f"replace them, or choose another eval.output_dir")
+        _rewrite_complete_lines(out)
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def generate(cfg: Config, which: str = "finetuned") -> Path:
@@ -95,22 +88,19 @@ def generate(cfg: Config, which: str = "finetuned") -> Path:
     from tqdm.auto import tqdm
 
     rows = eval_rows(cfg)
-    model_source(cfg, which)  # fail on a missing model before the data or the model load
+    path, adapter = model_source(cfg, which)  # fail on a missing model before anything loads
     if cfg.eval.backend == "vllm":
         check_vllm()
         return generate_with_vllm(cfg, which, rows)
     device = pick_device(cfg.train.device)
     state = process_state(device)  # under `accelerate launch` / torchrun, each process answers its share
     out = predictions_path(cfg, which)
-    model, tok, meta = load_for_generation(cfg, which, device)
-    meta.update(max_new_tokens=cfg.eval.max_new_tokens, do_sample=cfg.eval.do_sample)
+    meta = {"model": path, "adapter": adapter, "max_new_tokens": cfg.eval.max_new_tokens,
+            "do_sample": cfg.eval.do_sample}
     if state.is_main_process:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _fold_shards(out)
-        done = _done_ids(out, meta, cfg.eval.overwrite)
-        _rewrite_complete_lines(out, done)
-        out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _prepare_output(out, meta, cfg.eval.overwrite)
     state.wait_for_everyone()
+    model, tok = load_for_generation(cfg, path, adapter, device)
     done = {r["id"] for r in load_predictions(out)} if out.is_file() else set()
     todo = [r for r in rows if r["id"] not in done]
     if done and state.is_main_process:
@@ -247,7 +237,7 @@ def _in_row_order(out: Path, rows: list[dict]) -> None:
     os.replace(tmp, out)
 
 
-def _rewrite_complete_lines(path: Path, done: set[str]) -> None:
+def _rewrite_complete_lines(path: Path) -> None:
     """Drop a half-written last line left by a crash, so appending continues a valid JSONL file."""
     if not path.is_file():
         return

@@ -19,16 +19,14 @@ def run(cfg: Config) -> Path:
     from eval.score import make_scorer, score
 
     check_adapter(cfg.adapter_dir)
-    make_scorer_check = cfg.eval.bertscore_model is None  # the default encoder may need a hub: check it first
-    if make_scorer_check:
-        make_scorer(cfg)
+    scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
     if cfg.eval.use_merged and not (cfg.merged_dir / "config.json").is_file():
         merge(cfg)
     model_source(cfg, "finetuned")
     models = {"finetuned": generate(cfg, "finetuned")}
     if cfg.eval.compare_base:
         models = {"base": generate(cfg, "base"), **models}
-    return score(cfg, models=models)
+    return score(cfg, models=models, scorer=scorer)
 
 
 def main(argv: list[str] | None = None) -> int:

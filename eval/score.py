@@ -356,7 +356,8 @@ def check_complete(cfg: Config, path: Path, rows: list[dict]) -> None:
                        f"or set eval.overwrite=true to start over")
 
 
-def score(cfg: Config, predictions: Path | None = None, models: dict[str, Path] | None = None) -> Path:
+def score(cfg: Config, predictions: Path | None = None, models: dict[str, Path] | None = None,
+          scorer: Scorer | None = None) -> Path:
     """Score one predictions file (or several, side by side: {label: path}); returns the report directory."""
     from eval.generate import predictions_path
 
@@ -376,7 +377,7 @@ def score(cfg: Config, predictions: Path | None = None, models: dict[str, Path] 
         raise KitError(f"predictions to compare have different row counts {counts}; answer the same questions with "
                        f"each model (same eval.splits and eval.max_rows)")
     out = cfg.eval_dir if predictions is None else (cfg.eval_dir if cfg.eval.output_dir else cfg.out / "report")
-    scorer = make_scorer(cfg)
+    scorer = scorer or make_scorer(cfg)
     scored = []
     for label, rows in loaded.items():
         scored += score_rows(rows, scorer, label)
