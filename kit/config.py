@@ -375,9 +375,11 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     e = cfg.eval
     if e.batch_size < 1 or e.bertscore_batch_size < 1 or e.max_new_tokens < 1:
         errors.append("eval.batch_size, eval.bertscore_batch_size and eval.max_new_tokens: must be >= 1")
-    if e.bertscore_model and e.bertscore_layer is None and Path(e.bertscore_model).expanduser().exists():
-        errors.append(f"eval.bertscore_layer: required when eval.bertscore_model is a local directory "
-                      f"({e.bertscore_model}); bert-score has no default layer for it")
+    local = e.bertscore_model and (e.bertscore_model.startswith("pkg://") or e.bertscore_model.endswith(".gguf")
+                                   or Path(e.bertscore_model).expanduser().exists())
+    if local and e.bertscore_layer is None:
+        errors.append(f"eval.bertscore_layer: required when eval.bertscore_model is a local model "
+                      f"({e.bertscore_model}); bert-score has no default layer for it (bert-base-chinese: 8)")
 
 
 def build_config(raw: Any, source: str = "<dict>") -> Config:

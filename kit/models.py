@@ -38,7 +38,7 @@ def _package_file(spec: str) -> Path:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or name.endswith(".gguf") or os.sep + os.sep in name
+    return name.startswith(("/", "./", "../", "~")) or name.endswith(".gguf")
 
 
 def _file_key(path: Path) -> str:

@@ -98,11 +98,12 @@ def encode(tok, messages: list[dict], thinking: str = "none") -> Encoded:
         text, raw_spans = found
     else:
         # The template's generation prompt is not a prefix of the rendered answer (reasoning models). Train on what
-        # generation will see: the prompt, then an empty think block when it opens one, then the answer.
+        # generation will see: the prompt, then an empty think block when it opens one, then the answer. Earlier
+        # answers of a multi-turn conversation stay as the template renders them, as context, unsupervised.
         prompt = generation_prompt(tok, messages[:-1])
-        if messages[-1]["role"] != "assistant" or sum(m["role"] == "assistant" for m in messages) > 1:
-            raise EncodeError("this chat template renders earlier answers differently from the generation prompt; "
-                              "only single-turn rows can be trained with it (set data.multi_turn=0)")
+        if messages[-1]["role"] != "assistant":
+            raise EncodeError("with this chat template (its generation prompt differs from how it renders answers) "
+                              "a conversation must end with the assistant's answer")
         if opens_think(prompt) and thinking == "none":
             raise EncodeError("the chat template opens a <think> block in the generation prompt (a reasoning model); "
                               "set model.thinking: strip (or keep) so answers are trained behind an empty think block")

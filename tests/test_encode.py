@@ -58,8 +58,11 @@ def test_reasoning_template_trains_behind_an_empty_think_block(tokenizer_dirs):
     assert e.text.startswith(prompt)
     with pytest.raises(EncodeError, match=r"opens a <think> block .* set model\.thinking: strip"):
         encode(tok, ONE, thinking="none")
-    with pytest.raises(EncodeError, match=r"only single-turn rows"):
-        encode(tok, TWO, thinking="strip")
+    # multi-turn: earlier answers are context, the last one is learned behind its empty think block
+    e = encode(tok, TWO, thinking="strip")
+    (run,) = supervised_runs(tok, e.input_ids, e.labels)
+    assert run.replace(" ", "") == ("\n</think>\n\n钟离来自璃月" + END[DEEPSEEK]).replace(" ", "")
+    assert e.text.startswith(generation_prompt(tok, TWO[:-1]))
 
 
 def test_pad_equal_to_eos_never_masks_the_end_token(tokenizer_dirs):
