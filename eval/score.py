@@ -265,7 +265,7 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plots(rows: list[dict], summary: dict, out: Path) -> None:
+def plots(rows: list[dict], summary: dict, out: Path, cjk: bool = True) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,18 +292,24 @@ def plots(rows: list[dict], summary: dict, out: Path) -> None:
         xs = [i + k * width for i in range(len(attrs))]
         axes[0].bar(xs, [(per.get(a, {}).get("value_match_rate") or 0) for a in attrs], width, label=m)
         axes[1].bar(xs, [per.get(a, {}).get("f1_mean", 0) for a in attrs], width, label=m)
+    # Without a CJK font, Chinese names would draw as empty boxes: number them as in summary.md instead.
+    readable = cjk or all(a.isascii() for a in attrs)
+    labels = attrs if readable else [f"#{i + 1}" for i in range(len(attrs))]
+    if not readable:
+        fig.text(0.5, 0.01, "#n: the n-th attribute of the per-attribute table in summary.md (no CJK font installed)",
+                 ha="center", fontsize=8, color="gray")
     for ax, title in zip(axes, ["value match rate", "mean BERTScore F1"]):
         ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(attrs))])
-        ax.set_xticklabels(attrs, rotation=30, ha="right")
+        ax.set_xticklabels(labels, rotation=30 if readable else 0, ha="right" if readable else "center")
         ax.set_ylim(0, 1)
         ax.set_title(title)
         ax.legend()
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0 if readable else 0.05, 1, 1))
     fig.savefig(out / "attributes.png")
     plt.close(fig)
 
 
-def _cjk_font() -> None:
+def _cjk_font() -> bool:
     """Use a font with CJK glyphs when one is installed, so Chinese attribute names render in the plots."""
     import matplotlib
     from matplotlib import font_manager
@@ -313,7 +319,8 @@ def _cjk_font() -> None:
                  "PingFang SC", "AR PL UMing CN"):
         if name in names:
             matplotlib.rcParams["font.sans-serif"] = [name] + list(matplotlib.rcParams["font.sans-serif"])
-            return
+            return True
+    return False
 
 
 def write_report(rows: list[dict], summary: dict, out: Path) -> None:
@@ -331,13 +338,13 @@ def write_report(rows: list[dict], summary: dict, out: Path) -> None:
                 w.writerow({**r, "value_match": "" if r["value_match"] is None else int(r["value_match"])})
         (tmp / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         (tmp / "summary.md").write_text(markdown(summary), encoding="utf-8")
-        _cjk_font()
+        cjk = _cjk_font()
         logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing CJK glyphs: the plot is still useful
-            plots(rows, summary, tmp)
+            plots(rows, summary, tmp, cjk)
         for name in os.listdir(tmp):
             os.replace(tmp / name, out / name)
     finally:
@@ -366,6 +373,8 @@ def score(cfg: Config, predictions: Path | None = None, models: dict[str, Path] 
             models = {Path(predictions).stem: Path(predictions)}
         else:
             models = {"finetuned": predictions_path(cfg, "finetuned")}
+            if cfg.eval.compare_base and predictions_path(cfg, "base").is_file():
+                models = {"base": predictions_path(cfg, "base"), **models}
     loaded = {}
     for label, path in models.items():
         rows = read_predictions(path)

@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 
-def smooth(values: list[float], weight: float = 0.8) -> list[float]:
+def smooth(values: list[float], weight: float = 0.6) -> list[float]:
     """Exponential moving average with bias correction (TensorBoard-style), so the first points are not dragged
     towards zero."""
     out, avg = [], 0.0
