@@ -12,12 +12,12 @@ batch finishes; a rerun skips the rows already there. Greedy by default; <think>
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from data_prep.build import load_rows
 from kit.config import Config, KitError, parse_args, run_main
+from kit.files import write_text_atomic
 from kit.generation import generate_batched
 from kit.models import load_model, load_tokenizer, pick_device, process_state, resolve
 from sft.encode import generation_prompt, strip_think
@@ -191,9 +191,7 @@ def generate_with_vllm(cfg: Config, which: str, rows: list[dict]) -> Path:  # pr
     for r, o in zip(rows, outputs):
         raw = o.outputs[0].text
         lines.append(json.dumps(prediction_row(r, raw, cfg.model.thinking), ensure_ascii=False))
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(out, "".join(line + "\n" for line in lines))
     out.with_suffix(".meta.json").write_text(json.dumps({"model": path, "adapter": adapter, "backend": "vllm"},
                                                         indent=2) + "\n", encoding="utf-8")
     return out
@@ -232,9 +230,7 @@ def _in_row_order(out: Path, rows: list[dict]) -> None:
     position = {r["id"]: i for i, r in enumerate(rows)}
     lines = [line for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
     lines.sort(key=lambda line: position.get(json.loads(line)["id"], len(position)))
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(out, "".join(line + "\n" for line in lines))
 
 
 def _rewrite_complete_lines(path: Path) -> None:

@@ -228,7 +228,7 @@ def _md_escape(text: str) -> str:
 
 def markdown(summary: dict) -> str:
     models = list(summary["models"])
-    lines = [f"# Evaluation report", "",
+    lines = ["# Evaluation report", "",
              f"Source: `{summary['source']}`  ", f"BERTScore encoder: `{summary['encoder']}` "
              f"(hash `{summary['bertscore_hash']}`)  ",
              "Value match: the attribute's value (normalised) appears in the prediction.", ""]

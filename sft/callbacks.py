@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from kit.files import write_text_atomic
 
 
 def smooth(values: list[float], weight: float = 0.6) -> list[float]:
@@ -56,13 +59,12 @@ def plot_losses(history: list[dict], path: Path, x: str = "step", eval_enabled: 
 
 def write_history(history: list[dict], path: Path) -> None:
     keys = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        for h in history:
-            w.writerow({k: h.get(k, "") for k in keys})
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for h in history:
+        w.writerow({k: h.get(k, "") for k in keys})
+    write_text_atomic(path, buf.getvalue())
 
 
 class LossPlotCallback(TrainerCallback):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from data_prep.build import ensure_built, load_rows
 from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
+from kit.files import write_text_atomic
 from kit.models import choose_pad_token, load_model, load_tokenizer, pick_device, process_state, resolve
 from sft.callbacks import LossPlotCallback
 from sft.encode import audit, encode_rows, generation_prompt
@@ -175,9 +176,7 @@ def answer(model, tok, rows: list[dict]) -> list[str]:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 @dataclass

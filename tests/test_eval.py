@@ -9,7 +9,7 @@ import torch
 
 from eval.generate import generate, load_predictions
 from eval.merge import merge
-from eval.score import Scorer, markdown, read_predictions, score, score_rows, summarise, value_match
+from eval.score import Scorer, markdown, score, score_rows, summarise, value_match
 from kit.config import KitError, build_config
 from kit.generation import generate_batched
 from sft.encode import generation_prompt
