@@ -91,7 +91,7 @@ def generate(cfg: Config, which: str = "finetuned") -> Path:
     path, adapter = model_source(cfg, which)  # fail on a missing model before anything loads
     if cfg.eval.backend == "vllm":
         check_vllm()
-        return generate_with_vllm(cfg, which, rows)
+        return generate_with_vllm(cfg, which, rows, path, adapter)
     device = pick_device(cfg.train.device)
     state = process_state(device)  # under `accelerate launch` / torchrun, each process answers its share
     out = predictions_path(cfg, which)
@@ -171,11 +171,11 @@ def vllm_plan(cfg: Config, tok, rows: list[dict], adapter: str | None) -> dict:
     return plan
 
 
-def generate_with_vllm(cfg: Config, which: str, rows: list[dict]) -> Path:  # pragma: no cover - needs a GPU
+def generate_with_vllm(cfg: Config, which: str, rows: list[dict], path: str,
+                       adapter: str | None) -> Path:  # pragma: no cover - needs a GPU
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    path, adapter = model_source(cfg, which)
     tok = load_tokenizer(adapter or path, cfg.model.trust_remote_code)
     plan = vllm_plan(cfg, tok, rows, adapter)
     kwargs = {"enable_lora": plan["enable_lora"]}
@@ -216,12 +216,7 @@ def _fold_shards(out: Path) -> None:
         return
     with out.open("a", encoding="utf-8") as f:
         for shard in shards:
-            for line in shard.read_text(encoding="utf-8").splitlines():
-                try:
-                    json.loads(line)
-                except ValueError:
-                    break  # cut by a crash: answered again on the next run
-                f.write(line + "\n")
+            f.writelines(line + "\n" for line in _complete_lines(shard))
             shard.unlink()
 
 
@@ -233,19 +228,22 @@ def _in_row_order(out: Path, rows: list[dict]) -> None:
     write_text_atomic(out, "".join(line + "\n" for line in lines))
 
 
-def _rewrite_complete_lines(path: Path) -> None:
-    """Drop a half-written last line left by a crash, so appending continues a valid JSONL file."""
-    if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
+def _complete_lines(path: Path) -> list[str]:
+    """The JSONL lines before the first one a crash cut short (those rows are answered again on the next run)."""
     good = []
-    for line in lines:
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             json.loads(line)
         except ValueError:
             break
         good.append(line)
-    if len(good) != len(lines):
+    return good
+
+
+def _rewrite_complete_lines(path: Path) -> None:
+    """Drop a half-written last line left by a crash, so appending continues a valid JSONL file."""
+    good = _complete_lines(path)
+    if len(good) != len(path.read_text(encoding="utf-8").splitlines()):
         path.write_text("".join(line + "\n" for line in good), encoding="utf-8")
 
 

@@ -14,7 +14,7 @@ from kit.config import Config, parse_args, run_main
 
 
 def run(cfg: Config) -> Path:
-    from eval.generate import generate, model_source
+    from eval.generate import generate
     from eval.merge import check_adapter, merge
     from eval.score import make_scorer, score
 
@@ -22,7 +22,6 @@ def run(cfg: Config) -> Path:
     scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
     if cfg.eval.use_merged and not (cfg.merged_dir / "config.json").is_file():
         merge(cfg)
-    model_source(cfg, "finetuned")
     models = {"finetuned": generate(cfg, "finetuned")}
     if cfg.eval.compare_base:
         models = {"base": generate(cfg, "base"), **models}

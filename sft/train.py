@@ -245,7 +245,7 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
     trainer, tok = run.trainer, run.tok
     trainable, total = trainer.model.get_nb_trainable_parameters()
     if trainer.is_world_process_zero():
-            print(f"device {run.device}, precision {run.precision}, threads {torch.get_num_threads()}; LoRA trains "
+        print(f"device {run.device}, precision {run.precision}, threads {torch.get_num_threads()}; LoRA trains "
               f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
               + (f"; resuming from {run.resume_from}" if run.resume_from else ""), flush=True)
 
