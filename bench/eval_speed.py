@@ -21,7 +21,7 @@ import torch
 from data_prep.build import ensure_built, load_rows
 from eval.score import Scorer, encoder_for
 from kit.config import KitError, load_config
-from kit.generation import generate_batched
+from kit.generation import generate_batched, reference_greedy
 from kit.models import load_tokenizer
 from sft.encode import generation_prompt
 from sft.train import set_threads
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     batched = generate_batched(model, tok, prompts, batch_size=cfg.eval.batch_size,
                                max_new_tokens=cfg.eval.max_new_tokens)
     t_kit = time.perf_counter() - t
-    single = generate_batched(model, tok, prompts, batch_size=1, max_new_tokens=cfg.eval.max_new_tokens)
+    single = reference_greedy(model, tok, prompts, max_new_tokens=cfg.eval.max_new_tokens)
     same = sum(a == b for a, b in zip(batched, single))
     same_tut = sum(a == b for a, b in zip(batched, tutorial))
     print(f"\ngeneration   tutorial loop {len(rows) / t_tut:6.2f} answers/s   kit batched {len(rows) / t_kit:6.2f} "

@@ -1,0 +1,88 @@
+"""Batched greedy generation must give exactly the answers of one `model.generate` call per prompt."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+import kit.generation as gen
+from kit.generation import generate_batched, reference_greedy
+from kit.models import load_tokenizer
+from sft.encode import generation_prompt
+
+QUESTIONS = ["钟离是什么性别?", "请问丽莎的国籍是什么?", "你好", "丽莎使用哪种元素?", "钟离从哪里来的?",
+             "很长的问题" * 5, "Who is Zhongli?", "a", "凯亚的身份是什么?请简单回答。"]
+
+
+def _model_with_early_stops(path, n_new: int = 12):
+    """A tiny random model plus the prompts, with an extra end token picked from its own greedy output so that
+    rows stop after different numbers of tokens (random models rarely emit their real end token)."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(str(path))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    prompts = [generation_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    firsts: dict[int, set[int]] = {}
+    for p in prompts:
+        ids = tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        out = model.generate(ids, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id or 0,
+                             temperature=None, top_p=None, top_k=None)[0, ids.shape[1]:].tolist()
+        for t in set(out):
+            firsts.setdefault(t, set()).add(out.index(t))
+    # the token whose first appearance falls on the most different steps across prompts
+    stop = max(firsts, key=lambda t: (len(firsts[t]), -t))
+    eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [*([eos] if isinstance(eos, int) else eos or []), stop]
+    return model, tok, prompts, firsts[stop]
+
+
+@pytest.mark.parametrize("kind", ["chatml", "llama3", "deepseek"])
+def test_batched_greedy_equals_one_by_one(tiny_models, kind, monkeypatch):
+    model, tok, prompts, stop_steps = _model_with_early_stops(tiny_models[kind])
+    assert len(stop_steps) >= 2, "the test needs rows that finish at different steps"
+    single = reference_greedy(model, tok, prompts, max_new_tokens=12)
+
+    def no_hf(*a, **k):
+        raise AssertionError("plain greedy must not fall back to model.generate")
+
+    monkeypatch.setattr(gen, "_hf_generate", no_hf)
+    for batch_size in (1, 4, len(prompts)):
+        assert generate_batched(model, tok, prompts, batch_size=batch_size, max_new_tokens=12) == single
+    lengths = Counter(len(tok(a, add_special_tokens=False)["input_ids"]) for a in single)
+    assert len(lengths) > 1 and len(set(single)) > 1  # rows of several lengths: some left the batch early
+
+
+def test_shared_prefix_is_computed_once_and_is_the_common_token_prefix(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    prompts = [generation_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    with torch.no_grad():
+        prefix = gen._SharedPrefix(model, encoded)
+    system = tok(generation_prompt(tok, [{"role": "user", "content": "x"}]).split("x")[0],
+                 add_special_tokens=False)["input_ids"]
+    assert prefix.usable and len(prefix.ids) >= len(system) - 1 > 10
+    assert all(e[: len(prefix.ids)] == prefix.ids for e in encoded)
+    assert prefix.cache.get_seq_length() == len(prefix.ids)
+    # the same prompt twice: its last token still has to be computed per row
+    with torch.no_grad():
+        assert len(gen._SharedPrefix(model, [encoded[0], encoded[0]]).ids) == len(encoded[0]) - 1
+
+
+def test_logits_processors_in_generation_config_fall_back_to_generate(tiny_model, monkeypatch):
+    """A repetition penalty changes greedy answers: the kit's loop does not implement it, model.generate does."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    model.generation_config.repetition_penalty = 1.5
+    prompts = [generation_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS[:4]]
+    single = reference_greedy(model, tok, prompts, max_new_tokens=8)
+
+    def no_loop(*a, **k):
+        raise AssertionError("the kit's loop must not run when the generation config asks for processors")
+
+    monkeypatch.setattr(gen, "_greedy_stream", no_loop)
+    assert generate_batched(model, tok, prompts, batch_size=4, max_new_tokens=8) == single
