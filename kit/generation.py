@@ -121,8 +121,7 @@ def _plain_greedy(model) -> bool:
     gc = getattr(model, "generation_config", None)
     if gc is None:
         return False
-    return all(getattr(gc, k, d) in (d, None) or (k == "min_length" and not getattr(gc, k))
-               for k, d in _PROCESSORS.items())
+    return all(getattr(gc, k, d) in (d, None) for k, d in _PROCESSORS.items())
 
 
 class _SharedPrefix:
