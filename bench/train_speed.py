@@ -6,7 +6,8 @@
                                                      # count held-out questions answered right (~25 minutes)
 
 The tutorial's recipe (../shared/seeds/003): batch 2 x accumulation 8, gradient checkpointing, bf16, LoRA r=32 on
-q/k/v/o + embed_tokens (+ lm_head, which TRL 1.16 refuses), completion-only loss, TRL's default LM head. The kit's: configs/quickstart.yaml.
+q/k/v/o + embed_tokens (+ lm_head, which TRL 1.16 refuses), completion-only loss, TRL's default LM head.
+The kit's: configs/quickstart.yaml.
 Both see the same rows in the same order; the recipes run interleaved and the medians are compared, since machines
 here are noisy. Prints real (non-pad) tokens/s, their ratio, and model FLOPs utilisation against a matmul peak
 measured here.

@@ -216,22 +216,22 @@ def _fold_shards(out: Path) -> None:
         return
     with out.open("a", encoding="utf-8") as f:
         for shard in shards:
-            f.writelines(line + "\n" for line in _complete_lines(shard))
+            f.writelines(line + "\n" for line in _complete_lines(shard.read_text(encoding="utf-8").splitlines()))
             shard.unlink()
 
 
 def _in_row_order(out: Path, rows: list[dict]) -> None:
-    """Rewrite the predictions in the order of the data set (batches finish in length order)."""
+    """Rewrite the predictions in the order of the data set (rows finish in order of length and answer)."""
     position = {r["id"]: i for i, r in enumerate(rows)}
     lines = [line for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
     lines.sort(key=lambda line: position.get(json.loads(line)["id"], len(position)))
     write_text_atomic(out, "".join(line + "\n" for line in lines))
 
 
-def _complete_lines(path: Path) -> list[str]:
+def _complete_lines(lines: list[str]) -> list[str]:
     """The JSONL lines before the first one a crash cut short (those rows are answered again on the next run)."""
     good = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in lines:
         try:
             json.loads(line)
         except ValueError:
@@ -242,9 +242,10 @@ def _complete_lines(path: Path) -> list[str]:
 
 def _rewrite_complete_lines(path: Path) -> None:
     """Drop a half-written last line left by a crash, so appending continues a valid JSONL file."""
-    good = _complete_lines(path)
-    if len(good) != len(path.read_text(encoding="utf-8").splitlines()):
-        path.write_text("".join(line + "\n" for line in good), encoding="utf-8")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    good = _complete_lines(lines)
+    if len(good) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in good))
 
 
 def load_predictions(path: Path) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Batched greedy answers: left padding, prompts sorted by length, stopping at the end-of-turn token.
+"""Batched greedy answers, equal to one `generate` call per prompt: a shared prompt prefix computed once, prompts
+sorted by length, continuous batching, stopping at the end-of-turn token.
 
 Used by `sft.train` (before/after examples) and `eval.generate` (every test question).
 """
@@ -6,6 +7,7 @@ Used by `sft.train` (before/after examples) and `eval.generate` (every test ques
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 def stop_token_ids(tok, model=None) -> list[int]:
@@ -40,16 +42,11 @@ def generate_batched(model, tok, prompts: list[str], batch_size: int = 16, max_n
     processors (repetition penalty, ...) and caches other than plain key/value layers fall back to
     `model.generate` on left-padded batches. Either way greedy answers equal one `model.generate` call per prompt
     (tests/test_generation.py)."""
-    import torch
-
     out: list[str | None] = [None] * len(prompts)
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
-    stop = stop_token_ids(tok, model)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
+    stop, pad_id = _stop_and_pad(tok, model)
     fast = not do_sample and _plain_greedy(model)
-    was_training = model.training
-    model.eval()
 
     def finished(indices: list[int], tokens: list[list[int]]) -> None:
         answers = [tok.decode(t, skip_special_tokens=True).strip() for t in tokens]
@@ -58,39 +55,47 @@ def generate_batched(model, tok, prompts: list[str], batch_size: int = 16, max_n
         if on_batch:
             on_batch(indices, answers)
 
-    try:
-        with torch.no_grad():
-            prefix = _SharedPrefix(model, encoded) if fast else None
-            if prefix is not None and prefix.usable:
-                _greedy_stream(model, prefix, encoded, order, stop, pad_id, max_new_tokens, batch_size, finished)
-            else:
-                for batch in _chunks(order, batch_size):
-                    finished(batch, _hf_generate(model, [encoded[i] for i in batch], stop, pad_id, max_new_tokens,
-                                                 do_sample, temperature, top_p))
-    finally:
-        model.train(was_training)
+    with _inference(model):
+        prefix = _SharedPrefix(model, encoded) if fast else None
+        if prefix is not None and prefix.usable:
+            _greedy_stream(model, prefix, encoded, order, stop, pad_id, max_new_tokens, batch_size, finished)
+        else:
+            for batch in _chunks(order, batch_size):
+                finished(batch, _hf_generate(model, [encoded[i] for i in batch], stop, pad_id, max_new_tokens,
+                                             do_sample, temperature, top_p))
     return out  # type: ignore[return-value]
 
 
 def reference_greedy(model, tok, prompts: list[str], max_new_tokens: int = 64) -> list[str]:
     """One `model.generate` call per prompt, greedy: what batched answers must equal."""
+    stop, pad_id = _stop_and_pad(tok, model)
+    with _inference(model):
+        return [tok.decode(_hf_generate(model, [tok(p, add_special_tokens=False)["input_ids"]], stop, pad_id,
+                                        max_new_tokens, False, 1.0, 1.0)[0], skip_special_tokens=True).strip()
+                for p in prompts]
+
+
+def _stop_and_pad(tok, model) -> tuple[list[int], int]:
+    stop = stop_token_ids(tok, model)
+    return stop, tok.pad_token_id if tok.pad_token_id is not None else stop[0]
+
+
+@contextmanager
+def _inference(model):
+    """Eval mode without autograd, restoring training mode afterwards (sft.train generates mid-training)."""
     import torch
 
-    stop = stop_token_ids(tok, model)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return [tok.decode(_hf_generate(model, [tok(p, add_special_tokens=False)["input_ids"]], stop, pad_id,
-                                            max_new_tokens, False, 1.0, 1.0)[0], skip_special_tokens=True).strip()
-                    for p in prompts]
+            yield
     finally:
         model.train(was_training)
 
 
-def _hf_generate(model, rows: list[list[int]], stop: list[int], pad_id: int, max_new_tokens: int,
-                 do_sample: bool, temperature: float, top_p: float) -> list[list[int]]:
+def _left_pad(rows: list[list[int]], pad_id: int):
+    """Token ids right-aligned in one (rows, longest) tensor, and the mask of the real tokens."""
     import torch
 
     width = max(len(r) for r in rows)
@@ -99,6 +104,12 @@ def _hf_generate(model, rows: list[list[int]], stop: list[int], pad_id: int, max
     for k, r in enumerate(rows):
         ids[k, width - len(r):] = torch.tensor(r)
         mask[k, width - len(r):] = 1
+    return ids, mask
+
+
+def _hf_generate(model, rows: list[list[int]], stop: list[int], pad_id: int, max_new_tokens: int,
+                 do_sample: bool, temperature: float, top_p: float) -> list[list[int]]:
+    ids, mask = _left_pad(rows, pad_id)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stop, pad_token_id=pad_id)
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p)
@@ -106,7 +117,7 @@ def _hf_generate(model, rows: list[list[int]], stop: list[int], pad_id: int, max
         kwargs.update(temperature=None, top_p=None, top_k=None)
     device = next(model.parameters()).device
     gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-    return [g[width:].tolist() for g in gen]
+    return [g[ids.shape[1]:].tolist() for g in gen]
 
 
 # generation_config fields that change greedy answers; with any of them set the loop defers to model.generate
@@ -190,6 +201,8 @@ class _Rows:
         """Drop finished rows (ids set to None) from the batch, and leading columns no remaining row attends to."""
         import torch
 
+        if self.live() == len(self.ids):
+            return  # nothing finished: a copy of every cache for nothing
         keep = torch.tensor([k for k, i in enumerate(self.ids) if i is not None], device=self.nxt.device)
         self.ids = [i for i in self.ids if i is not None]
         self.mask, self.pos, self.nxt = self.mask[keep], self.pos[keep], self.nxt[keep]
@@ -353,14 +366,8 @@ def _prefill(model, prefix: _SharedPrefix, group: list[int], encoded: list[list[
     import torch
 
     p = len(prefix.ids)
-    own = [encoded[i][p:] for i in group]
-    width = max(len(r) for r in own)
-    ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(group), p + width), dtype=torch.long)
-    mask[:, :p] = 1
-    for k, r in enumerate(own):
-        ids[k, width - len(r):] = torch.tensor(r)
-        mask[k, p + width - len(r):] = 1
+    ids, own_mask = _left_pad([encoded[i][p:] for i in group], pad_id)
+    mask = torch.cat([own_mask.new_ones((len(group), p)), own_mask], dim=1)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
     ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
     cache = prefix.for_batch(len(group))
