@@ -25,9 +25,8 @@ from data_prep.build import ensure_built, load_rows
 from eval.score import Scorer, encoder_for
 from kit.config import KitError, load_config
 from kit.generation import generate_batched, reference_greedy
-from kit.models import load_tokenizer
+from kit.models import load_tokenizer, set_threads
 from sft.encode import generation_prompt
-from sft.train import set_threads
 
 
 def tutorial_generate(model, tok, rows: list[dict]) -> list[str]:
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config)
-    set_threads(cfg, "cpu")
+    set_threads(cfg.train.threads, "cpu")
     model_dir = Path(args.model) if args.model else cfg.merged_dir
     if not (model_dir / "config.json").is_file():
         raise KitError(f"{model_dir}: no model; run `python -m sft.train {args.config}` and "

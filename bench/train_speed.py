@@ -24,9 +24,9 @@ import torch
 
 from data_prep.build import ensure_built, load_rows
 from kit.config import load_config
-from kit.models import load_model, load_tokenizer, resolve
+from kit.models import load_model, load_tokenizer, resolve, set_threads
 from sft.encode import encode_rows
-from sft.train import build_lora_config, build_sft_config, score_only_supervised_positions, set_threads
+from sft.train import build_lora_config, build_sft_config, score_only_supervised_positions
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, ["output_dir=runs/bench"])
-    set_threads(cfg, "cpu")
+    set_threads(cfg.train.threads, "cpu")
     data_dir = ensure_built(cfg)
     model_path = resolve(cfg.model)
     tok = load_tokenizer(model_path)

@@ -19,7 +19,7 @@ from data_prep.build import load_rows
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import write_text_atomic
 from kit.generation import generate_batched
-from kit.models import load_model, load_tokenizer, pick_device, process_state, resolve
+from kit.models import load_model, load_tokenizer, pick_device, process_state, resolve, set_threads
 from sft.encode import generation_prompt, strip_think
 
 
@@ -93,6 +93,7 @@ def generate(cfg: Config, which: str = "finetuned") -> Path:
         check_vllm()
         return generate_with_vllm(cfg, which, rows, path, adapter)
     device = pick_device(cfg.train.device)
+    set_threads(cfg.train.threads, device)
     state = process_state(device)  # under `accelerate launch` / torchrun, each process answers its share
     out = predictions_path(cfg, which)
     meta = {"model": path, "adapter": adapter, "max_new_tokens": cfg.eval.max_new_tokens,

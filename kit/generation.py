@@ -1,5 +1,6 @@
-"""Batched greedy answers, equal to one `generate` call per prompt: a shared prompt prefix computed once, prompts
-sorted by length, continuous batching, stopping at the end-of-turn token.
+"""Batched greedy answers, equal to one `generate` call per prompt: prompt prefixes computed once (the one all
+prompts share, then the stems groups of them share), prompts sorted by length, continuous batching, stopping at the
+end-of-turn token.
 
 Used by `sft.train` (before/after examples) and `eval.generate` (every test question).
 """
@@ -36,7 +37,8 @@ def generate_batched(model, tok, prompts: list[str], batch_size: int = 16, max_n
     finish, in any order.
 
     Greedy decoding (the default) runs the kit's own loop (`_greedy_stream`): the token prefix every prompt shares
-    (system prompt, template header) is computed once; prompts are sorted by length and prefilled in groups of
+    (system prompt, template header) is computed once, and so is each stem a group of prompts shares after it
+    (questions about one character); the rest of each prompt is sorted by length and prefilled in groups of
     similar length; up to `batch_size` rows decode together, a row leaves the moment it has its end token and a
     waiting row takes its place (continuous batching). Sampling, generation configs that ask for logits
     processors (repetition penalty, ...) and caches other than plain key/value layers fall back to
@@ -44,7 +46,6 @@ def generate_batched(model, tok, prompts: list[str], batch_size: int = 16, max_n
     (tests/test_generation.py)."""
     out: list[str | None] = [None] * len(prompts)
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     stop, pad_id = _stop_and_pad(tok, model)
     fast = not do_sample and _plain_greedy(model)
 
@@ -56,10 +57,12 @@ def generate_batched(model, tok, prompts: list[str], batch_size: int = 16, max_n
             on_batch(indices, answers)
 
     with _inference(model):
-        prefix = _SharedPrefix(model, encoded) if fast else None
+        prefix = _SharedPrefix(model, encoded, pad_id) if fast else None
         if prefix is not None and prefix.usable:
-            _greedy_stream(model, prefix, encoded, order, stop, pad_id, max_new_tokens, batch_size, finished)
+            order = sorted(range(len(prompts)), key=lambda i: (len(prefix.rest[i]), i))
+            _greedy_stream(model, prefix, order, stop, pad_id, max_new_tokens, batch_size, finished)
         else:
+            order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
             for batch in _chunks(order, batch_size):
                 finished(batch, _hf_generate(model, [encoded[i] for i in batch], stop, pad_id, max_new_tokens,
                                              do_sample, temperature, top_p))
@@ -136,9 +139,12 @@ def _plain_greedy(model) -> bool:
 
 
 class _SharedPrefix:
-    """Key/values of the tokens every prompt starts with, computed once (batch of one)."""
+    """Key/values of prompt prefixes, each computed once: the tokens every prompt starts with (a batch of one), then
+    the stems groups of prompts share after it (questions about one character start alike), in one pass.
 
-    def __init__(self, model, encoded: list[list[int]]):
+    `rest[i]` is what prompt i still has to run on top of its stem (at least one token)."""
+
+    def __init__(self, model, encoded: list[list[int]], pad_id: int = 0):
         import os
 
         import torch
@@ -150,22 +156,65 @@ class _SharedPrefix:
         cache = DynamicCache(config=self.config)
         self.usable = _cache_is_plain(cache)
         self.cache = None
+        device = next(model.parameters()).device
         if self.usable and self.ids:
-            device = next(model.parameters()).device
             model(input_ids=torch.tensor([self.ids], device=device), past_key_values=cache, use_cache=True,
                   **_keep_last(model))
             self.cache = cache
+        own = [e[len(self.ids):] for e in encoded]
+        self.stems, self.stem_of = _stems(own) if self.usable else ([[]], [0] * len(own))
+        self.rest = [o[len(self.stems[c]):] for o, c in zip(own, self.stem_of)]
+        self.stem_rows: _Rows | None = None
+        if len(self.stems) > 1:
+            self.stem_rows = _prefill(model, self, None, self.stems, pad_id, _keep_last(model), device)
 
-    def for_batch(self, n: int):
-        """A cache for `n` rows holding the prefix, with room to grow in place."""
+    def cache_for(self, stems: list[int] | None, n: int):
+        """A cache for `n` rows holding the prefix (and stems `stems`, one per row), with room to grow in place,
+        and the mask over its columns."""
+        import torch
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.config)
         cache.layers = [_growing_layer_class()() for _ in cache.layers]
+        if stems is not None and self.stem_rows is not None:
+            idx = torch.tensor(stems, device=self.stem_rows.mask.device)
+            for layer, done in zip(cache.layers, self.stem_rows.cache.layers):
+                layer.update(done.keys[idx], done.values[idx])
+            return cache, self.stem_rows.mask[idx]
         if self.cache is not None:
             for layer, done in zip(cache.layers, self.cache.layers):
                 layer.update(done.keys.expand(n, -1, -1, -1), done.values.expand(n, -1, -1, -1))
-        return cache
+        device = self.cache.layers[0].keys.device if self.cache is not None else None
+        return cache, torch.ones((n, len(self.ids)), dtype=torch.long, device=device)
+
+
+def _stems(own: list[list[int]], least: int = 8) -> tuple[list[list[int]], list[int]]:
+    """Stems shared by groups of token lists, and which stem each list starts with (stem 0: none).
+
+    Lists sorted by tokens put the ones that start alike next to each other; a run of neighbours shares the
+    longest prefix common to all of them (leaving each at least one token of its own), and a neighbour joins the
+    run while that saves more tokens than it costs. Runs that save fewer than `least` tokens get no stem."""
+    runs: list[tuple[list[int], int]] = []  # (members, stem length)
+    for i in sorted(range(len(own)), key=lambda i: own[i]):
+        if runs:
+            members, n = runs[-1]
+            first = own[members[0]]
+            common = 0
+            while common < min(n, len(own[i]) - 1) and first[common] == own[i][common]:
+                common += 1
+            if common and len(members) * common >= (len(members) - 1) * n:
+                members.append(i)
+                runs[-1] = (members, common)
+                continue
+        runs.append(([i], len(own[i]) - 1))
+    stems: list[list[int]] = [[]]
+    stem_of = [0] * len(own)
+    for members, n in runs:
+        if (len(members) - 1) * n >= least:
+            for i in members:
+                stem_of[i] = len(stems)
+            stems.append(own[members[0]][:n])
+    return stems, stem_of
 
 
 def _cache_is_plain(cache) -> bool:
@@ -187,9 +236,9 @@ def _keep_last(model) -> dict:
 class _Rows:
     """Rows decoded together: their key/value cache, the mask over it, and the token each one feeds next.
 
-    Cache layout per row: [left padding][shared prefix][own prompt tokens][answer so far]. Padding is masked and
-    positions are passed explicitly, so rows of any length share one cache tensor; rows that finish are dropped and
-    new rows are padded in."""
+    Cache layout per row: [padding][shared prefix][padding][stem][padding][rest of the prompt][answer so far].
+    Padding is masked and positions are passed explicitly, so rows of any length share one cache tensor; rows that
+    finish are dropped and new rows are padded in."""
 
     def __init__(self, ids: list[int | None], cache, mask, pos, nxt):
         self.ids, self.cache, self.mask, self.pos, self.nxt = ids, cache, mask, pos, nxt
@@ -256,7 +305,7 @@ def _growing_layer_class():
             buf = getattr(self, "_buf", None)
             if buf is None or buf[0].shape[0] != key_states.shape[0] or self._start + n + q > buf[0].shape[2]:
                 shape = (*key_states.shape[:2], n + q + self.headroom, key_states.shape[-1])
-                kb, vb = key_states.new_zeros(shape), value_states.new_zeros(shape)
+                kb, vb = key_states.new_empty(shape), value_states.new_empty(shape)  # columns past n + q: unread
                 if n:
                     kb[:, :, :n], vb[:, :, :n] = self.keys, self.values
                 self._view(kb, vb, 0, n)
@@ -290,9 +339,8 @@ def _growing_layer_class():
     return _GROWING
 
 
-def _greedy_stream(model, prefix: _SharedPrefix, encoded: list[list[int]], order: list[int], stop: list[int],
-                   pad_id: int, max_new_tokens: int, slots: int,
-                   finished: Callable[[list[int], list[list[int]]], None]) -> None:
+def _greedy_stream(model, prefix: _SharedPrefix, order: list[int], stop: list[int], pad_id: int,
+                   max_new_tokens: int, slots: int, finished: Callable[[list[int], list[list[int]]], None]) -> None:
     """Greedy tokens of every prompt (end token included, like `generate`), at most `slots` rows at a time.
 
     Continuous batching: a row leaves as soon as it has its end token and waiting rows take the free slots, so
@@ -310,8 +358,8 @@ def _greedy_stream(model, prefix: _SharedPrefix, encoded: list[list[int]], order
         free = slots - (rows.live() if rows else 0)
         if queue and (rows is None or free >= min(refill, len(queue))):
             admitted, queue = queue[:free], queue[free:]
-            parts = [_prefill(model, prefix, group, encoded, pad_id, keep, device)
-                     for group in _similar_lengths([encoded[i] for i in admitted], admitted)]
+            parts = [_prefill(model, prefix, group, [prefix.rest[i] for i in group], pad_id, keep, device)
+                     for group in _similar_lengths([prefix.rest[i] for i in admitted], admitted)]
             for part in parts:
                 for i, t in zip(part.ids, part.nxt.tolist()):
                     tokens[i] = [t]
@@ -360,20 +408,22 @@ def _similar_lengths(lengths_of: list[list[int]], ids: list[int], waste: float =
         yield group
 
 
-def _prefill(model, prefix: _SharedPrefix, group: list[int], encoded: list[list[int]], pad_id: int, keep: dict,
+def _prefill(model, prefix: _SharedPrefix, group: list[int] | None, own: list[list[int]], pad_id: int, keep: dict,
              device) -> _Rows:
-    """Run the rows' own prompt tokens on top of the shared prefix; the result holds each row's first token."""
+    """Run rows' own tokens `own` on top of the prefix (and each row's stem, for rows `group` of the prompts);
+    the result holds each row's first token."""
     import torch
 
-    p = len(prefix.ids)
-    ids, own_mask = _left_pad([encoded[i][p:] for i in group], pad_id)
-    mask = torch.cat([own_mask.new_ones((len(group), p)), own_mask], dim=1)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
-    ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
-    cache = prefix.for_batch(len(group))
+    ids, own_mask = _left_pad(own, pad_id)
+    stems = [prefix.stem_of[i] for i in group] if group is not None else None
+    cache, before = prefix.cache_for(stems, len(own))
+    mask = torch.cat([before, own_mask.to(before.device)], dim=1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, before.shape[1]:]
+    ids = ids.to(device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                    **keep).logits[:, -1]
-    return _Rows(list(group), cache, mask, pos[:, -1] + 1, logits.argmax(-1))
+    return _Rows(list(group) if group is not None else list(range(len(own))), cache, mask, pos[:, -1] + 1,
+                 logits.argmax(-1))
 
 
 def _chunks(items: list[int], n: int) -> Iterator[list[int]]:

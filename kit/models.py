@@ -136,6 +136,34 @@ def pick_device(choice: str = "auto") -> str:
     return choice
 
 
+def set_threads(threads: int | None, device: str) -> None:
+    """On CPU: one torch thread per core this process may use (or `threads`), and freed memory kept for reuse."""
+    import torch
+
+    if device == "cpu":
+        torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+        keep_freed_memory()
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for the next allocation instead of handing it back to the kernel.
+
+    By default blocks over 128 KiB come from mmap and go back on free, and the heap top is trimmed, so every layer's
+    activations and every new key/value buffer page-fault fresh memory in. Measured on the 2-core CPU VM (the
+    quickstart's 120 test answers, batch 128, warm process): page faults per run ~345,000 -> ~1,000, system time
+    1.8-3.3 s -> 0.1-0.3 s, wall time 10.1-12.2 s -> 8.9-9.8 s. The process keeps its peak heap until it exits.
+    Returns False (and changes nothing) where the C library is not glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    # 32 MiB: the largest mmap threshold glibc accepts on 64-bit; 2 GiB - 1: the largest trim threshold (an int)
+    return bool(mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def process_state(device: str):
     """This process's place among those started by `accelerate launch` / torchrun (or the only one).
 

@@ -11,7 +11,6 @@ tokenizer), config.yaml (resolved), versions.json, metrics.json, loss.png and lo
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from pathlib import Path
 from data_prep.build import ensure_built, load_rows
 from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
 from kit.files import write_text_atomic
-from kit.models import choose_pad_token, load_model, load_tokenizer, pick_device, process_state, resolve
+from kit.models import (choose_pad_token, load_model, load_tokenizer, pick_device, process_state, resolve,
+                        set_threads)
 from sft.callbacks import LossPlotCallback
 from sft.encode import audit, encode_rows, generation_prompt
 
@@ -138,14 +138,6 @@ def score_only_supervised_positions(device: str) -> None:
         trl_utils._use_triton = use_compact
 
 
-def set_threads(cfg: Config, device: str) -> None:
-    import torch
-
-    if device == "cpu":
-        n = cfg.train.threads or len(os.sched_getaffinity(0))
-        torch.set_num_threads(n)
-
-
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -202,7 +194,7 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     with state.main_process_first():  # files (data, dequantised GGUF) are written once, then read by the others
         data_dir = ensure_built(cfg)
         model_path = resolve(cfg.model)
-    set_threads(cfg, device)
+    set_threads(cfg.train.threads, device)
     score_only_supervised_positions(device)
     tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
     train_rows = load_rows(data_dir / "train.jsonl")

@@ -14,14 +14,14 @@ QUESTIONS = ["钟离是什么性别?", "请问丽莎的国籍是什么?", "你�
              "很长的问题" * 5, "Who is Zhongli?", "a", "凯亚的身份是什么?请简单回答。"]
 
 
-def _model_with_early_stops(path, n_new: int = 12):
+def _model_with_early_stops(path, n_new: int = 12, questions: list[str] = QUESTIONS):
     """A tiny random model plus the prompts, with an extra end token picked from its own greedy output so that
     rows stop after different numbers of tokens (random models rarely emit their real end token)."""
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(str(path))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    prompts = [generation_prompt(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    prompts = [generation_prompt(tok, [{"role": "user", "content": q}]) for q in questions]
     firsts: dict[int, set[int]] = {}
     for p in prompts:
         ids = tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -50,6 +50,28 @@ def test_batched_greedy_equals_one_by_one(tiny_models, kind, monkeypatch):
         assert generate_batched(model, tok, prompts, batch_size=batch_size, max_new_tokens=12) == single
     lengths = Counter(len(tok(a, add_special_tokens=False)["input_ids"]) for a in single)
     assert len(lengths) > 1 and len(set(single)) > 1  # rows of several lengths: some left the batch early
+
+
+def test_prompts_that_start_alike_share_stems_and_answers_do_not_change(tiny_model, monkeypatch):
+    """Questions about one character start alike: their shared stem is computed once (a second level of prefix),
+    rows of different stems and rows without one are prefilled together, and no answer changes."""
+    stemmed = ["请问钟离的性别是什么?", "请问钟离的国籍是什么?", "请问钟离的身份是什么?", "请问丽莎的性别是什么?",
+               "请问丽莎的元素是什么?", "你好", "Who is Zhongli?", "Who is Lisa, the librarian?"]
+    model, tok, prompts, stop_steps = _model_with_early_stops(tiny_model, questions=stemmed)
+    encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    with torch.no_grad():
+        prefix = gen._SharedPrefix(model, encoded, tok.pad_token_id)
+    p = len(prefix.ids)
+    with_stem = [i for i, c in enumerate(prefix.stem_of) if c]
+    assert len(prefix.stems) >= 3 and 3 <= len(with_stem) < len(prompts)  # zhongli, lisa; "你好" has none
+    for i, e in enumerate(encoded):
+        assert e == prefix.ids + prefix.stems[prefix.stem_of[i]] + prefix.rest[i] and prefix.rest[i]
+    assert sum(len(r) for r in prefix.rest) <= sum(len(e) - p for e in encoded) - 16  # tokens saved
+    single = reference_greedy(model, tok, prompts, max_new_tokens=12)
+    monkeypatch.setattr(gen, "_hf_generate", lambda *a, **k: pytest.fail("plain greedy fell back to generate"))
+    for batch_size in (1, 3, len(prompts)):
+        assert generate_batched(model, tok, prompts, batch_size=batch_size, max_new_tokens=12) == single
+    assert len(stop_steps) >= 2
 
 
 def test_shared_prefix_is_computed_once_and_is_the_common_token_prefix(tiny_model):
@@ -86,3 +108,4 @@ def test_logits_processors_in_generation_config_fall_back_to_generate(tiny_model
 
     monkeypatch.setattr(gen, "_greedy_stream", no_loop)
     assert generate_batched(model, tok, prompts, batch_size=4, max_new_tokens=8) == single
+
