@@ -109,3 +109,28 @@ def test_logits_processors_in_generation_config_fall_back_to_generate(tiny_model
     monkeypatch.setattr(gen, "_greedy_stream", no_loop)
     assert generate_batched(model, tok, prompts, batch_size=4, max_new_tokens=8) == single
 
+
+
+def test_prefill_passes_are_the_cheapest_cut_of_the_queue():
+    """The queue (sorted by length) is cut into consecutive passes with the least padded tokens + per-pass cost,
+    checked against every possible cut; no pass goes over max_tokens unless it is a single row."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for _ in range(30):
+        lengths = sorted(rng.randrange(1, 40) for _ in range(rng.randrange(1, 10)))
+        rows, ids = [[0] * n for n in lengths], list(range(len(lengths)))
+        overhead, max_tokens = rng.choice([0, 8, 48]), rng.choice([30, 80, 2048])
+
+        def cost(groups):
+            sizes = [len(rows[g[-1]]) * len(g) for g in groups]
+            if any(s > max_tokens and len(g) > 1 for s, g in zip(sizes, groups)):
+                return float("inf")
+            return sum(sizes) + overhead * len(groups)
+
+        cuts = [[ids[a:b] for a, b in zip((0, *c), (*c, len(ids)))]
+                for k in range(len(ids)) for c in itertools.combinations(range(1, len(ids)), k)]
+        got = gen._similar_lengths(rows, ids, overhead=overhead, max_tokens=max_tokens)
+        assert [i for g in got for i in g] == ids
+        assert cost(got) == min(map(cost, cuts))
