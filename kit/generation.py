@@ -38,8 +38,8 @@ def generate_batched(model, tok, prompts: list[str], batch_size: int = 16, max_n
 
     Greedy decoding (the default) runs the kit's own loop (`_greedy_stream`): the token prefix every prompt shares
     (system prompt, template header) is computed once, and so is each stem a group of prompts shares after it
-    (questions about one character); the rest of each prompt is sorted by length and prefilled in groups of
-    similar length; up to `batch_size` rows decode together, a row leaves the moment it has its end token and a
+    (questions about one character); the rest of each prompt is sorted by length and prefilled in passes cut to
+    waste least; up to `batch_size` rows decode together, a row leaves the moment it has its end token and a
     waiting row takes its place (continuous batching). Sampling, generation configs that ask for logits
     processors (repetition penalty, ...) and caches other than plain key/value layers fall back to
     `model.generate` on left-padded batches. Either way greedy answers equal one `model.generate` call per prompt
@@ -184,8 +184,7 @@ class _SharedPrefix:
         if self.cache is not None:
             for layer, done in zip(cache.layers, self.cache.layers):
                 layer.update(done.keys.expand(n, -1, -1, -1), done.values.expand(n, -1, -1, -1))
-        device = self.cache.layers[0].keys.device if self.cache is not None else None
-        return cache, torch.ones((n, len(self.ids)), dtype=torch.long, device=device)
+        return cache, torch.ones((n, len(self.ids)), dtype=torch.long)
 
 
 def _stems(own: list[list[int]], least: int = 8) -> tuple[list[list[int]], list[int]]:
@@ -344,8 +343,8 @@ def _greedy_stream(model, prefix: _SharedPrefix, order: list[int], stop: list[in
     """Greedy tokens of every prompt (end token included, like `generate`), at most `slots` rows at a time.
 
     Continuous batching: a row leaves as soon as it has its end token and waiting rows take the free slots, so
-    every step decodes a full batch until the queue runs dry. Waiting rows are prefilled in groups of similar
-    length (the queue is sorted by length), which keeps padding in the prefill small."""
+    every step decodes a full batch until the queue runs dry. Waiting rows are prefilled in passes of similar
+    length (the queue is sorted by length; `_prefill_passes`), which keeps padding in the prefill small."""
     import torch
 
     device = next(model.parameters()).device
@@ -359,7 +358,7 @@ def _greedy_stream(model, prefix: _SharedPrefix, order: list[int], stop: list[in
         if queue and (rows is None or free >= min(refill, len(queue))):
             admitted, queue = queue[:free], queue[free:]
             parts = [_prefill(model, prefix, group, [prefix.rest[i] for i in group], pad_id, keep, device)
-                     for group in _similar_lengths([prefix.rest[i] for i in admitted], admitted)]
+                     for group in _prefill_passes([prefix.rest[i] for i in admitted], admitted)]
             for part in parts:
                 for i, t in zip(part.ids, part.nxt.tolist()):
                     tokens[i] = [t]
@@ -389,7 +388,7 @@ def _greedy_stream(model, prefix: _SharedPrefix, order: list[int], stop: list[in
                 rows.compact()
 
 
-def _similar_lengths(rows: list[list[int]], ids: list[int], overhead: int = 48,
+def _prefill_passes(rows: list[list[int]], ids: list[int], overhead: int = 48,
                      max_tokens: int = 2048) -> list[list[int]]:
     """`ids` (sorted by the length of `rows`) cut into consecutive groups, each prefilled in one left-padded pass,
     for the least work: padded tokens, plus `overhead` tokens' worth for every pass (a pass reads every weight
@@ -421,7 +420,7 @@ def _prefill(model, prefix: _SharedPrefix, group: list[int] | None, own: list[li
     ids, own_mask = _left_pad(own, pad_id)
     stems = [prefix.stem_of[i] for i in group] if group is not None else None
     cache, before = prefix.cache_for(stems, len(own))
-    mask = torch.cat([before, own_mask.to(before.device)], dim=1)
+    mask = torch.cat([before.to(device), own_mask.to(device)], dim=1)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, before.shape[1]:]
     ids = ids.to(device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,

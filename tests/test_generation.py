@@ -131,6 +131,6 @@ def test_prefill_passes_are_the_cheapest_cut_of_the_queue():
 
         cuts = [[ids[a:b] for a, b in zip((0, *c), (*c, len(ids)))]
                 for k in range(len(ids)) for c in itertools.combinations(range(1, len(ids)), k)]
-        got = gen._similar_lengths(rows, ids, overhead=overhead, max_tokens=max_tokens)
+        got = gen._prefill_passes(rows, ids, overhead=overhead, max_tokens=max_tokens)
         assert [i for g in got for i in g] == ids
         assert cost(got) == min(map(cost, cuts))
