@@ -246,18 +246,29 @@ class _Rows:
         return sum(i is not None for i in self.ids)
 
     def compact(self) -> None:
-        """Drop finished rows (ids set to None) from the batch, and leading columns no remaining row attends to."""
+        """Drop finished rows (ids set to None) from the batch, and leading columns no remaining row attends to.
+
+        Live rows past the new end move into the free slots before it, so only as many rows are copied as have
+        finished (row order does not matter: rows are known by their ids)."""
         import torch
 
-        if self.live() == len(self.ids):
-            return  # nothing finished: a copy of every cache for nothing
-        keep = torch.tensor([k for k, i in enumerate(self.ids) if i is not None], device=self.nxt.device)
-        self.ids = [i for i in self.ids if i is not None]
-        self.mask, self.pos, self.nxt = self.mask[keep], self.pos[keep], self.nxt[keep]
+        live = [k for k, i in enumerate(self.ids) if i is not None]
+        n = len(live)
+        if n == len(self.ids):
+            return  # nothing finished
+        src = [k for k in live if k >= n]
+        dst = [k for k in range(n) if self.ids[k] is None]
+        order = list(range(n))
+        for s, d in zip(src, dst):
+            order[d] = s
+        self.ids = [self.ids[k] for k in order]
+        rows = torch.tensor(order, device=self.nxt.device)
+        self.mask, self.pos, self.nxt = self.mask[rows], self.pos[rows], self.nxt[rows]
         first = int(self.mask.any(0).int().argmax())
         self.mask = self.mask[:, first:]
+        src_t, dst_t = (torch.tensor(x, device=self.nxt.device) for x in (src, dst))
         for layer in self.cache.layers:
-            layer.select(keep, first)
+            layer.move_rows(src_t, dst_t, n, first)
 
     @staticmethod
     def concat(parts: list[_Rows]) -> _Rows:
@@ -283,8 +294,8 @@ def _growing_layer_class():
     """A DynamicLayer whose keys/values are views into a buffer with room to grow.
 
     `DynamicLayer.update` concatenates, which copies the whole cache at every decode step (at 120 rows x 80 tokens
-    that is 440 MB a step for SmolLM2-135M, ~20% of the step); here a step writes one column in place. Row selection
-    copies the kept rows once (with their headroom); dropping leading columns moves a start offset."""
+    that is 440 MB a step for SmolLM2-135M, ~20% of the step); here a step writes one column in place. Dropping
+    finished rows copies only the live rows that move into their slots; dropping leading columns moves an offset."""
     global _GROWING
     if _GROWING is not None:
         return _GROWING
@@ -314,10 +325,13 @@ def _growing_layer_class():
             self._view(kb, vb, self._start, n + q)
             return self.keys, self.values
 
-        def select(self, keep, first: int) -> None:
-            """Keep rows `keep` and drop the first `first` columns."""
+        def move_rows(self, src, dst, n: int, first: int) -> None:
+            """Copy rows `src` onto rows `dst`, keep the first `n` rows and drop the first `first` columns."""
             kb, vb = self._buf
-            self._view(kb[keep], vb[keep], self._start + first, self.get_seq_length() - first)
+            a, b = self._start + first, self._start + self.get_seq_length()
+            if len(src):
+                kb[dst, :, a:b], vb[dst, :, a:b] = kb[src, :, a:b], vb[src, :, a:b]
+            self._view(kb[:n], vb[:n], a, b - a)
 
         def concat(self, others: list, width: int) -> None:
             """Append the rows of `others`; every part is left-padded with zeros (masked) to `width` columns."""
@@ -382,9 +396,7 @@ def _greedy_stream(model, prefix: _SharedPrefix, order: list[int], stop: list[in
             live = rows.live()
             if not live:
                 rows = None
-            elif len(rows.ids) - live >= max(1, len(rows.ids) // 8):
-                # a finished row still costs a row of compute every step; dropping rows copies the cache of
-                # the others, so it is done once an eighth of the batch has finished
+            else:  # a finished row would cost compute every step; dropping rows copies at most as many rows
                 rows.compact()
 
 
