@@ -396,7 +396,8 @@ def _greedy_stream(model, prefix: _SharedPrefix, order: list[int], stop: list[in
             live = rows.live()
             if not live:
                 rows = None
-            else:  # a finished row would cost compute every step; dropping rows copies at most as many rows
+            else:  # a finished row would cost compute every step; dropping finished rows copies at most as
+                # many live rows as there are finished ones (compact)
                 rows.compact()
 
 
