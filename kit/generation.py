@@ -153,20 +153,21 @@ class _SharedPrefix:
         self.ids = os.path.commonprefix(encoded) if encoded else []
         self.ids = self.ids[: min(len(e) for e in encoded) - 1] if encoded else []  # each row keeps >= 1 own token
         self.config = getattr(model, "config", None)
+        self.keep = _keep_last(model)
         cache = DynamicCache(config=self.config)
         self.usable = _cache_is_plain(cache)
         self.cache = None
         device = next(model.parameters()).device
         if self.usable and self.ids:
             model(input_ids=torch.tensor([self.ids], device=device), past_key_values=cache, use_cache=True,
-                  **_keep_last(model))
+                  **self.keep)
             self.cache = cache
         own = [e[len(self.ids):] for e in encoded]
         self.stems, self.stem_of = _stems(own) if self.usable else ([[]], [0] * len(own))
         self.rest = [o[len(self.stems[c]):] for o, c in zip(own, self.stem_of)]
         self.stem_rows: _Rows | None = None
         if len(self.stems) > 1:
-            self.stem_rows = _prefill(model, self, None, self.stems, pad_id, _keep_last(model), device)
+            self.stem_rows = _prefill(model, self, None, self.stems, pad_id, device)
 
     def cache_for(self, stems: list[int] | None, n: int):
         """A cache for `n` rows holding the prefix (and stems `stems`, one per row), with room to grow in place,
@@ -239,25 +240,20 @@ class _Rows:
     Padding is masked and positions are passed explicitly, so rows of any length share one cache tensor; rows that
     finish are dropped and new rows are padded in."""
 
-    def __init__(self, ids: list[int | None], cache, mask, pos, nxt):
+    def __init__(self, ids: list[int], cache, mask, pos, nxt):
         self.ids, self.cache, self.mask, self.pos, self.nxt = ids, cache, mask, pos, nxt
 
-    def live(self) -> int:
-        return sum(i is not None for i in self.ids)
+    def drop(self, ended: list[int]) -> None:
+        """Drop the rows at positions `ended` from the batch, and leading columns no remaining row attends to.
 
-    def compact(self) -> None:
-        """Drop finished rows (ids set to None) from the batch, and leading columns no remaining row attends to.
-
-        Live rows past the new end move into the free slots before it, so only as many rows are copied as have
+        Live rows past the new end move into the freed slots before it, so only as many rows are copied as have
         finished (row order does not matter: rows are known by their ids)."""
         import torch
 
-        live = [k for k, i in enumerate(self.ids) if i is not None]
-        n = len(live)
-        if n == len(self.ids):
-            return  # nothing finished
-        src = [k for k in live if k >= n]
-        dst = [k for k in range(n) if self.ids[k] is None]
+        gone = set(ended)
+        n = len(self.ids) - len(gone)
+        src = [k for k in range(n, len(self.ids)) if k not in gone]
+        dst = [k for k in range(n) if k in gone]
         order = list(range(n))
         for s, d in zip(src, dst):
             order[d] = s
@@ -362,43 +358,34 @@ def _greedy_stream(model, prefix: _SharedPrefix, order: list[int], stop: list[in
     import torch
 
     device = next(model.parameters()).device
-    keep = _keep_last(model)
     queue = list(order)
     tokens: dict[int, list[int]] = {}
     rows: _Rows | None = None
     refill = max(1, slots // 4)  # admit rows in groups: a prefill of one short row uses the matmuls poorly
     while queue or rows is not None:
-        free = slots - (rows.live() if rows else 0)
+        free = slots - (len(rows.ids) if rows else 0)
         if queue and (rows is None or free >= min(refill, len(queue))):
             admitted, queue = queue[:free], queue[free:]
-            parts = [_prefill(model, prefix, group, [prefix.rest[i] for i in group], pad_id, keep, device)
+            parts = [_prefill(model, prefix, group, [prefix.rest[i] for i in group], pad_id, device)
                      for group in _prefill_passes([prefix.rest[i] for i in admitted], admitted)]
             for part in parts:
                 for i, t in zip(part.ids, part.nxt.tolist()):
                     tokens[i] = [t]
-            if rows is not None:
-                rows.compact()
             rows = _Rows.concat(([rows] if rows is not None else []) + parts)
         else:  # one step for every row in the batch
             mask = torch.cat([rows.mask, rows.mask.new_ones((len(rows.ids), 1))], dim=1)
             logits = model(input_ids=rows.nxt[:, None], attention_mask=mask, position_ids=rows.pos[:, None],
-                           past_key_values=rows.cache, use_cache=True, **keep).logits[:, -1]
+                           past_key_values=rows.cache, use_cache=True, **prefix.keep).logits[:, -1]
             rows.mask, rows.pos, rows.nxt = mask, rows.pos + 1, logits.argmax(-1)
             for i, t in zip(rows.ids, rows.nxt.tolist()):
-                if i is not None:
-                    tokens[i].append(t)
-        ended = [k for k, (i, t) in enumerate(zip(rows.ids, rows.nxt.tolist()))
-                 if i is not None and (t in stop or len(tokens[i]) >= max_new_tokens)]
+                tokens[i].append(t)
+        ended = [k for k, i in enumerate(rows.ids) if tokens[i][-1] in stop or len(tokens[i]) >= max_new_tokens]
         if ended:
             finished([rows.ids[k] for k in ended], [tokens.pop(rows.ids[k]) for k in ended])
-            for k in ended:
-                rows.ids[k] = None
-            live = rows.live()
-            if not live:
+            if len(ended) == len(rows.ids):
                 rows = None
-            else:  # a finished row would cost compute every step; dropping finished rows copies at most as
-                # many live rows as there are finished ones (compact)
-                rows.compact()
+            else:  # a finished row would cost compute every step; dropping it copies at most one live row
+                rows.drop(ended)
 
 
 def _prefill_passes(rows: list[list[int]], ids: list[int], overhead: int = 48,
@@ -424,7 +411,7 @@ def _prefill_passes(rows: list[list[int]], ids: list[int], overhead: int = 48,
     return groups[::-1]
 
 
-def _prefill(model, prefix: _SharedPrefix, group: list[int] | None, own: list[list[int]], pad_id: int, keep: dict,
+def _prefill(model, prefix: _SharedPrefix, group: list[int] | None, own: list[list[int]], pad_id: int,
              device) -> _Rows:
     """Run rows' own tokens `own` on top of the prefix (and each row's stem, for rows `group` of the prompts);
     the result holds each row's first token."""
@@ -437,7 +424,7 @@ def _prefill(model, prefix: _SharedPrefix, group: list[int] | None, own: list[li
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, before.shape[1]:]
     ids = ids.to(device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                   **keep).logits[:, -1]
+                   **prefix.keep).logits[:, -1]
     return _Rows(list(group) if group is not None else list(range(len(own))), cache, mask, pos[:, -1] + 1,
                  logits.argmax(-1))
 

@@ -36,16 +36,21 @@ def _model_with_early_stops(path, n_new: int = 12, questions: list[str] = QUESTI
     return model, tok, prompts, firsts[stop]
 
 
-@pytest.mark.parametrize("kind", ["chatml", "llama3", "deepseek"])
-def test_batched_greedy_equals_one_by_one(tiny_models, kind, monkeypatch):
-    model, tok, prompts, stop_steps = _model_with_early_stops(tiny_models[kind])
-    assert len(stop_steps) >= 2, "the test needs rows that finish at different steps"
-    single = reference_greedy(model, tok, prompts, max_new_tokens=12)
+def _forbid_fallback(monkeypatch) -> None:
+    """Make sure the kit's own loop is what runs: plain greedy must not fall back to model.generate."""
 
     def no_hf(*a, **k):
         raise AssertionError("plain greedy must not fall back to model.generate")
 
     monkeypatch.setattr(gen, "_hf_generate", no_hf)
+
+
+@pytest.mark.parametrize("kind", ["chatml", "llama3", "deepseek"])
+def test_batched_greedy_equals_one_by_one(tiny_models, kind, monkeypatch):
+    model, tok, prompts, stop_steps = _model_with_early_stops(tiny_models[kind])
+    assert len(stop_steps) >= 2, "the test needs rows that finish at different steps"
+    single = reference_greedy(model, tok, prompts, max_new_tokens=12)
+    _forbid_fallback(monkeypatch)
     for batch_size in (1, 4, len(prompts)):
         assert generate_batched(model, tok, prompts, batch_size=batch_size, max_new_tokens=12) == single
     lengths = Counter(len(tok(a, add_special_tokens=False)["input_ids"]) for a in single)
@@ -68,7 +73,7 @@ def test_prompts_that_start_alike_share_stems_and_answers_do_not_change(tiny_mod
         assert e == prefix.ids + prefix.stems[prefix.stem_of[i]] + prefix.rest[i] and prefix.rest[i]
     assert sum(len(r) for r in prefix.rest) <= sum(len(e) - p for e in encoded) - 16  # tokens saved
     single = reference_greedy(model, tok, prompts, max_new_tokens=12)
-    monkeypatch.setattr(gen, "_hf_generate", lambda *a, **k: pytest.fail("plain greedy fell back to generate"))
+    _forbid_fallback(monkeypatch)
     for batch_size in (1, 3, len(prompts)):
         assert generate_batched(model, tok, prompts, batch_size=batch_size, max_new_tokens=12) == single
     assert len(stop_steps) >= 2
