@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from data_prep.templates import Banks, load_banks, render, template_id
 from kit.config import Config, DataConfig, KitError, parse_args, run_main
+from kit.files import read_text, write_text_atomic
 
 
 class DataError(KitError):
@@ -63,7 +61,7 @@ def load_attributes(path: str | Path, language: str = "zh") -> dict[str, dict[st
     if not path.is_file():
         raise DataError(f"{path}: attribute file not found (data.source); expected JSON like "
                         '{"钟离": {"性别": "成年男性", "国籍": "璃月"}}')
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path, "attribute file (data.source)")
     if not text.strip():
         raise DataError(f"{path}: file is empty; expected JSON like {{\"钟离\": {{\"性别\": \"成年男性\"}}}}")
     try:
@@ -292,18 +290,13 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
 
 
-def _write_atomic(out_dir: Path, files: dict[str, str]) -> None:
-    """All files appear together or not at all: written to a temp dir beside out_dir, then moved in."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        out_dir.mkdir(exist_ok=True)
-        for name in files:
-            os.replace(tmp / name, out_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _write_all(out_dir: Path, files: dict[str, str]) -> None:
+    """Each file is replaced whole, stats.json last: its fingerprint is what marks the set as built (ensure_built),
+    so the old stats.json goes first and a run killed half-way leaves a set that is rebuilt, never one read as
+    whole. The directory itself is never replaced, as data.output_dir may hold other files."""
+    (out_dir / "stats.json").unlink(missing_ok=True)
+    for name in sorted(files, key=lambda n: n == "stats.json"):
+        write_text_atomic(out_dir / name, files[name])
 
 
 def format_stats(s: dict) -> str:
@@ -319,6 +312,13 @@ def format_stats(s: dict) -> str:
 
 def build(cfg: Config) -> Path:
     """Build train.jsonl / test.jsonl / stats.json; returns the data directory."""
+    from kit.lock import run_lock
+
+    with run_lock(cfg, "data_prep.build"):
+        return _build(cfg)
+
+
+def _build(cfg: Config) -> Path:
     data = cfg.data
     attrs = load_attributes(data.source, data.language)
     banks = load_banks(data.language, data.templates, data.templates_mode)
@@ -328,7 +328,7 @@ def build(cfg: Config) -> Path:
     s["source"] = str(data.source)
     s["split"] = data.split
     out = cfg.data_dir
-    _write_atomic(out, {"train.jsonl": _jsonl(train), "test.jsonl": _jsonl(test),
+    _write_all(out, {"train.jsonl": _jsonl(train), "test.jsonl": _jsonl(test),
                         "stats.json": json.dumps(s, ensure_ascii=False, indent=2, sort_keys=True) + "\n"})
     print(format_stats(s))
     return out

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.config import ConfigError, load_yaml
+from kit.files import read_text
 
 BUILTIN_DIR = Path(__file__).parent / "templates"
 PLACEHOLDERS = {"entity", "attribute", "value", "gender", "honorific", "pronoun"}
@@ -105,7 +106,7 @@ def _parse_bank(raw: object, where: str, errors: list[str], partial: bool = Fals
 def _read(path: Path, errors: list[str], partial: bool) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: template file not found (data.templates)")
-    raw = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    raw = load_yaml(read_text(path, "question bank"), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a mapping with 'attributes' and/or 'generic'")
     unknown = set(raw) - {"attributes", "generic", "gender_keys", "gender_words"}

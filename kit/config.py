@@ -207,6 +207,10 @@ class Config:
         return Path(self.eval.merged_dir) if self.eval.merged_dir else self.out / "merged"
 
     @property
+    def checkpoints_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
     def eval_dir(self) -> Path:
         return Path(self.eval.output_dir) if self.eval.output_dir else self.out / "eval"
 
@@ -441,7 +445,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (see configs/ for examples)")
-    raw = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    from kit.files import read_text
+
+    raw = load_yaml(read_text(path, "config file"), str(path))
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with sections {', '.join(SECTIONS)}")
     raw = apply_overrides(raw or {}, overrides or [])
@@ -453,7 +459,8 @@ def dump_config(cfg: Config) -> str:
 
 
 def parse_args(argv: list[str] | None, description: str, extra: typing.Callable | None = None):
-    """The command line shared by every entry point: CONFIG [key=value ...]."""
+    """The command line shared by every entry point: CONFIG [key=value ...] with the entry point's own options
+    anywhere among them (`--predictions a.csv output_dir=x` and `output_dir=x --predictions a.csv` are the same)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
@@ -461,5 +468,5 @@ def parse_args(argv: list[str] | None, description: str, extra: typing.Callable 
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=20")
     if extra:
         extra(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     return args, load_config(args.config, args.overrides)

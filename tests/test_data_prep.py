@@ -201,7 +201,7 @@ def test_existing_output_untouched_on_error(roles_file, tmp_path):
     with pytest.raises(DataError):
         build(cfg_for(roles_file, tmp_path / "o"))
     assert (out / "train.jsonl").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.joinpath("o").iterdir()) == ["data"]
+    assert sorted(p.name for p in tmp_path.joinpath("o").iterdir()) == [".lock", "data"]  # the lock of the run
 
 
 def test_main_prints_stats(roles_file, tmp_path, capsys):
