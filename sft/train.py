@@ -18,7 +18,7 @@ from pathlib import Path
 
 from data_prep.build import ensure_built, load_rows
 from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
-from kit.files import write_text_atomic
+from kit.files import atomic_dir, write_text_atomic
 from kit.models import (choose_pad_token, load_model, load_tokenizer, pick_device, process_state, resolve,
                         set_threads)
 from sft.callbacks import LossPlotCallback
@@ -61,7 +61,7 @@ def build_sft_config(cfg: Config, device: str = "cpu", precision: str | None = N
     t = cfg.train
     precision = precision or resolve_precision(cfg, device)
     return SFTConfig(
-        output_dir=str(cfg.out / "checkpoints"),
+        output_dir=str(cfg.checkpoints_dir),
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
@@ -100,20 +100,54 @@ def build_sft_config(cfg: Config, device: str = "cpu", precision: str | None = N
     )
 
 
-def last_checkpoint(cfg: Config) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a complete checkpoint directory, else None. The Trainer writes trainer_state.json last (after
+    weights, optimizer, scheduler and RNG states), so a checkpoint whose state file is missing or cut short was
+    interrupted while being written."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    step = state.get("global_step")
+    return step if isinstance(step, int) and path.name == f"checkpoint-{step}" else None
 
-    ckpt_dir = cfg.out / "checkpoints"
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+def last_checkpoint(cfg: Config) -> str | None:
+    """The newest complete checkpoint. Newer incomplete ones (a run killed while writing one) are removed, with a
+    message, so neither the resumed run nor the Trainer's rotation ever reads them."""
+    import re
+    import shutil
+
+    ckpt_dir = cfg.checkpoints_dir
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir()
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    for step, path in reversed(found):
+        if checkpoint_step(path) == step:
+            return str(path)
+        print(f"{path}: incomplete checkpoint (no readable trainer_state.json: the run was stopped while writing "
+              f"it); removing it and resuming from the one before", flush=True)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def checkpoint_epoch(checkpoint: str | None) -> float:
+    """The epoch a checkpoint was saved at (0 without one). Read before training: with save_total_limit the Trainer
+    deletes the checkpoint it resumed from as soon as it saves the next one."""
+    if not checkpoint:
+        return 0.0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return float(state.get("epoch") or 0.0)
 
 
 def check_before_loading(cfg: Config, device: str) -> str | None:
     """Everything that can be checked cheaply, before the model loads. Returns the checkpoint to resume from."""
     t = cfg.train
-    ckpt = last_checkpoint(cfg)
-    if ckpt and t.resume == "never":
-        raise KitError(f"{cfg.out}: holds checkpoints of an earlier run ({ckpt}); set train.resume=auto to "
-                       f"continue it, or choose another output_dir")
+    if t.resume == "never" and cfg.checkpoints_dir.is_dir() and any(cfg.checkpoints_dir.glob("checkpoint-*")):
+        raise KitError(f"{cfg.out}: holds checkpoints of an earlier run ({cfg.checkpoints_dir}); set "
+                       f"train.resume=auto to continue it, or choose another output_dir")
+    ckpt = last_checkpoint(cfg) if t.resume == "auto" else None
     if t.use_liger_kernel and device != "cuda":
         raise KitError("train.use_liger_kernel needs a CUDA GPU; set it to false on CPU")
     if t.padding_free and device != "cuda":
@@ -182,6 +216,7 @@ class Run:
     examples: list[dict]
     before: list[str]
     resume_from: str | None
+    resume_epoch: float
     device: str
     precision: str
 
@@ -210,8 +245,7 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     main = state.is_main_process
     if main:
         print(audit(tok, train_rows, train_enc), flush=True)
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        (cfg.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        write_text_atomic(cfg.out / "config.yaml", dump_config(cfg))
         write_json(cfg.out / "versions.json", versions())
     model = load_model(model_path, cfg.model, device, for_training=True)
     examples = pick_examples(test_rows, t.show_examples) if main else []
@@ -226,11 +260,19 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
         callbacks=[LossPlotCallback(cfg.out, eval_enabled=t.eval_strategy != "no"), *(callbacks or [])],
     )
     choose_pad_token(tok)  # SFTTrainer falls back to eos when the tokenizer had no pad token; keep ours
-    return Run(trainer, tok, train_enc, eval_enc, examples, before, resume_from, device, precision)
+    return Run(trainer, tok, train_enc, eval_enc, examples, before, resume_from, checkpoint_epoch(resume_from), device,
+               precision)
 
 
 def train(cfg: Config, callbacks: list | None = None) -> Path:
     """Fine-tune; returns the adapter directory."""
+    from kit.lock import run_lock
+
+    with run_lock(cfg, "sft.train"):
+        return _train(cfg, callbacks)
+
+
+def _train(cfg: Config, callbacks: list | None) -> Path:
     import torch
 
     run = build_trainer(cfg, callbacks)
@@ -247,9 +289,10 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
 
     adapter_dir = cfg.adapter_dir
     if trainer.is_world_process_zero():
-        trainer.save_model(str(adapter_dir))
-        tok.save_pretrained(str(adapter_dir))
-    metrics = summarise(trainer, result, run.train_enc, wall, start_epoch(run.resume_from))
+        with atomic_dir(adapter_dir) as tmp:  # the adapter appears whole or not at all
+            trainer.save_model(str(tmp))
+            tok.save_pretrained(str(tmp))
+    metrics = summarise(trainer, result, run.train_enc, wall, run.resume_epoch)
     if run.eval_enc:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     if trainer.is_world_process_zero():
@@ -261,13 +304,6 @@ def train(cfg: Config, callbacks: list | None = None) -> Path:
               + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
               + f"; {metrics['tokens_per_second']:.0f} tokens/s; {wall:.0f} s", flush=True)
     return adapter_dir
-
-
-def start_epoch(checkpoint: str | None) -> float:
-    if not checkpoint:
-        return 0.0
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
-    return float(state.get("epoch") or 0.0)
 
 
 def summarise(trainer, result, train_enc: list[dict], wall: float, from_epoch: float) -> dict:
