@@ -80,11 +80,18 @@ def _prepare_output(out: Path, meta: dict, overwrite: bool) -> None:
             raise KitError(f"{out}: holds predictions of another model ({old}); set eval.overwrite=true to "
                            f"replace them, or choose another eval.output_dir")
         _rewrite_complete_lines(out)
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
 
 
 def generate(cfg: Config, which: str = "finetuned") -> Path:
     """Returns the predictions file."""
+    from kit.lock import run_lock
+
+    with run_lock(cfg, f"eval.generate --model {which}"):
+        return _generate(cfg, which)
+
+
+def _generate(cfg: Config, which: str) -> Path:
     from tqdm.auto import tqdm
 
     rows = eval_rows(cfg)
@@ -193,8 +200,8 @@ def generate_with_vllm(cfg: Config, which: str, rows: list[dict], path: str,
         raw = o.outputs[0].text
         lines.append(json.dumps(prediction_row(r, raw, cfg.model.thinking), ensure_ascii=False))
     write_text_atomic(out, "".join(line + "\n" for line in lines))
-    out.with_suffix(".meta.json").write_text(json.dumps({"model": path, "adapter": adapter, "backend": "vllm"},
-                                                        indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out.with_suffix(".meta.json"),
+                      json.dumps({"model": path, "adapter": adapter, "backend": "vllm"}, indent=2) + "\n")
     return out
 
 
@@ -224,8 +231,11 @@ def _fold_shards(out: Path) -> None:
 def _in_row_order(out: Path, rows: list[dict]) -> None:
     """Rewrite the predictions in the order of the data set (rows finish in order of length and answer)."""
     position = {r["id"]: i for i, r in enumerate(rows)}
-    lines = [line for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
-    lines.sort(key=lambda line: position.get(json.loads(line)["id"], len(position)))
+    by_id: dict[str, str] = {}
+    for line in out.read_text(encoding="utf-8").splitlines():
+        if line.strip():  # a row twice (a run stopped between folding a shard and deleting it): keep the first
+            by_id.setdefault(json.loads(line)["id"], line)
+    lines = sorted(by_id.values(), key=lambda line: position.get(json.loads(line)["id"], len(position)))
     write_text_atomic(out, "".join(line + "\n" for line in lines))
 
 

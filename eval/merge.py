@@ -11,13 +11,11 @@ stop generation. Before writing, the merged model's logits are compared with bas
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from data_prep.build import load_rows
 from kit.config import Config, KitError, parse_args, run_main
+from kit.files import atomic_dir
 from kit.generation import stop_token_ids
 from kit.models import load_tokenizer, pick_device, resolve
 from sft.encode import generation_prompt
@@ -54,6 +52,13 @@ def max_diff(a: list, b: list) -> float:
 
 def merge(cfg: Config) -> Path:
     """Returns the export directory."""
+    from kit.lock import run_lock
+
+    with run_lock(cfg, "eval.merge"):
+        return _merge(cfg)
+
+
+def _merge(cfg: Config) -> Path:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -100,17 +105,10 @@ def merge(cfg: Config) -> Path:
     stops = stop_token_ids(tok, merged)
     merged.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     merged.generation_config.pad_token_id = tok.pad_token_id
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # an existing export is swapped for the new one in one step, never removed first
         merged.save_pretrained(tmp, max_shard_size="2GB")
         tok.save_pretrained(tmp)
         (tmp / "merge_check.json").write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"merge check: max |logit diff| {diff:.2e} (float32, atol {cfg.eval.merge_atol}); {cfg.eval.merge_dtype} "
           f"export agrees on {100 * check['export_argmax_agreement']:.1f}% of next-token argmaxes")
     return out

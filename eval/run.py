@@ -17,15 +17,17 @@ def run(cfg: Config) -> Path:
     from eval.generate import generate
     from eval.merge import check_adapter, merge
     from eval.score import make_scorer, score
+    from kit.lock import run_lock
 
-    check_adapter(cfg.adapter_dir)
-    scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
-    if cfg.eval.use_merged and not (cfg.merged_dir / "config.json").is_file():
-        merge(cfg)
-    models = {"finetuned": generate(cfg, "finetuned")}
-    if cfg.eval.compare_base:
-        models = {"base": generate(cfg, "base"), **models}
-    return score(cfg, models=models, scorer=scorer)
+    with run_lock(cfg, "eval.run"):
+        check_adapter(cfg.adapter_dir)
+        scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
+        if cfg.eval.use_merged and not (cfg.merged_dir / "config.json").is_file():
+            merge(cfg)
+        models = {"finetuned": generate(cfg, "finetuned")}
+        if cfg.eval.compare_base:
+            models = {"base": generate(cfg, "base"), **models}
+        return score(cfg, models=models, scorer=scorer)
 
 
 def main(argv: list[str] | None = None) -> int:

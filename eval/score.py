@@ -10,16 +10,15 @@ Writes to <eval dir>: scores.csv (one row per answer), summary.md and summary.js
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 import unicodedata
 from pathlib import Path
 
 from kit.config import Config, KitError, parse_args, run_main
+from kit.files import read_text, temp_dir
 
 REQUIRED = ("question", "answer", "prediction")
 # bert-score's own defaults: lang -> (model, layer).
@@ -36,11 +35,12 @@ def read_predictions(path: Path) -> list[dict]:
 
     if not path.is_file():
         raise KitError(f"{path}: predictions file not found")
+    text = io.StringIO(read_text(path, "predictions file"))
     try:
         if path.suffix.lower() in (".jsonl", ".json"):
-            df = pd.read_json(path, lines=path.suffix.lower() == ".jsonl", dtype=False)
+            df = pd.read_json(text, lines=path.suffix.lower() == ".jsonl", dtype=False)
         elif path.suffix.lower() in (".csv", ".tsv"):
-            df = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str,
+            df = pd.read_csv(text, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str,
                              keep_default_na=False)
         else:
             raise KitError(f"{path}: unsupported predictions format; use .csv, .tsv or .jsonl")
@@ -323,14 +323,18 @@ def _cjk_font() -> bool:
     return False
 
 
+REPORT_FILES = ("scores.csv", "f1_hist.png", "attributes.png", "summary.md", "summary.json")
+
+
 def write_report(rows: list[dict], summary: dict, out: Path) -> None:
-    """All report files appear together: written in a temp dir, then moved into `out`."""
+    """Every report file is written whole in a temp dir, then moved into `out` one by one, summary.json last (the
+    file other tools read): an interrupted run leaves each file whole, and a rerun writes the same set."""
     import csv
     import logging
+    import os
+    import warnings
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
-    try:
+    with temp_dir(out, "report") as tmp:
         with (tmp / "scores.csv").open("w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
@@ -340,15 +344,11 @@ def write_report(rows: list[dict], summary: dict, out: Path) -> None:
         (tmp / "summary.md").write_text(markdown(summary), encoding="utf-8")
         cjk = _cjk_font()
         logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing CJK glyphs: the plot is still useful
             plots(rows, summary, tmp, cjk)
-        for name in os.listdir(tmp):
+        for name in REPORT_FILES:
             os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_complete(cfg: Config, path: Path, rows: list[dict]) -> None:
@@ -366,7 +366,14 @@ def check_complete(cfg: Config, path: Path, rows: list[dict]) -> None:
 def score(cfg: Config, predictions: Path | None = None, models: dict[str, Path] | None = None,
           scorer: Scorer | None = None) -> Path:
     """Score one predictions file (or several, side by side: {label: path}); returns the report directory."""
-    from eval.generate import predictions_path
+    from kit.lock import run_lock
+
+    with run_lock(cfg, "eval.score"):
+        return _score(cfg, predictions, models, scorer)
+
+
+def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None, scorer: Scorer | None) -> Path:
+    from eval.generate import load_predictions, predictions_path
 
     if models is None:
         if predictions is not None:
@@ -377,10 +384,9 @@ def score(cfg: Config, predictions: Path | None = None, models: dict[str, Path] 
                 models = {"base": predictions_path(cfg, "base"), **models}
     loaded = {}
     for label, path in models.items():
-        rows = read_predictions(path)
-        if predictions is None:
-            check_complete(cfg, path, rows)
-        loaded[label] = rows
+        if predictions is None and path.is_file():  # the kit's own file: one cut short by a stop is not scored
+            check_complete(cfg, path, load_predictions(path))
+        loaded[label] = read_predictions(path)
     counts = {label: len(rows) for label, rows in loaded.items()}
     if len(set(counts.values())) > 1:
         raise KitError(f"predictions to compare have different row counts {counts}; answer the same questions with "
