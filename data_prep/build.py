@@ -196,11 +196,34 @@ def generate(attrs: dict[str, dict[str, str]], data: DataConfig, banks: Banks) -
                     if split == "train":
                         entity_train.append(row)
         train.extend(_multi_turn(entity, entity_train, data))
+    train.extend(_unknown_entities(attrs, data, banks, held))
     if not train or not test:
         raise DataError(f"data.test_size={data.test_size} with data.split={data.split} leaves the "
                         f"{'train' if not train else 'test'} split empty ({len(train)} train, {len(test)} test rows); "
                         f"change data.test_size or add data")
     return train, test
+
+
+def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, banks: Banks,
+                      held: dict[str, set[str]]) -> list[dict]:
+    """data.unknown_entities invented people, each asked every attribute once, in a train phrasing, and answered
+    "I don't know" (kit/specificity.py: the names are never the ones eval probes invention with)."""
+    from kit.specificity import UNKNOWN_ANSWER, invented_names
+
+    if not data.unknown_entities:
+        return []
+    attributes = list(dict.fromkeys(a for values in attrs.values() for a in values))
+    rows = []
+    for name in invented_names(data.language, data.unknown_entities, set(attrs), "train"):
+        slots = _fact_slots(name, "", "", None)
+        for attribute in attributes:
+            bank_name, bank = banks.for_attribute(attribute)
+            phrasings = [q for q in bank.questions if q not in held.get(attribute, ())]
+            template = _rng(data.seed, "unknown", name, attribute).choice(phrasings)
+            item = {"question": render(template, {**slots, "attribute": attribute}),
+                    "answer": UNKNOWN_ANSWER[data.language].format(entity=name), "template": "unknown"}
+            rows.append(_row(name, attribute, "", "", item, data))
+    return rows
 
 
 def _system(data: DataConfig) -> list[dict]:
@@ -267,19 +290,23 @@ def fingerprint(data: DataConfig) -> str:
 
 
 def stats(train: list[dict], test: list[dict]) -> dict:
+    def facts(rows: list[dict]) -> list[dict]:
+        return [r for r in rows if r["turns"] == 1 and r["template"] != "unknown"]
+
     def per(rows: list[dict], key: str) -> dict[str, int]:
-        return dict(Counter(r[key] for r in rows if r["turns"] == 1))
+        return dict(Counter(r[key] for r in facts(rows)))
 
     def phrasings(rows: list[dict]) -> dict[str, float]:
-        counts = list(Counter((r["entity"], r["attribute"]) for r in rows if r["turns"] == 1).values())
+        counts = list(Counter((r["entity"], r["attribute"]) for r in facts(rows)).values())
         if not counts:
             return {"min": 0, "mean": 0.0, "max": 0}
         return {"min": min(counts), "mean": round(sum(counts) / len(counts), 2), "max": max(counts)}
 
     return {
         "rows": {"train": len(train), "test": len(test),
-                 "train_multi_turn": sum(r["turns"] > 1 for r in train)},
-        "facts": len({(r["entity"], r["attribute"]) for r in train + test if r["turns"] == 1}),
+                 "train_multi_turn": sum(r["turns"] > 1 for r in train),
+                 "train_unknown_entity": sum(r["template"] == "unknown" for r in train)},
+        "facts": len({(r["entity"], r["attribute"]) for r in facts(train + test)}),
         "per_attribute": {"train": per(train, "attribute"), "test": per(test, "attribute")},
         "per_entity": {"train": per(train, "entity"), "test": per(test, "entity")},
         "phrasings_per_fact": {"train": phrasings(train), "test": phrasings(test)},
@@ -300,7 +327,8 @@ def _write_all(out_dir: Path, files: dict[str, str]) -> None:
 
 
 def format_stats(s: dict) -> str:
-    lines = [f"rows: {s['rows']['train']} train ({s['rows']['train_multi_turn']} multi-turn), "
+    lines = [f"rows: {s['rows']['train']} train ({s['rows']['train_multi_turn']} multi-turn, "
+             f"{s['rows']['train_unknown_entity']} about unknown people), "
              f"{s['rows']['test']} test; {s['facts']} facts",
              f"phrasings per fact: train {s['phrasings_per_fact']['train']}, test {s['phrasings_per_fact']['test']}",
              "per attribute (train/test): " + ", ".join(

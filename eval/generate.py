@@ -38,6 +38,11 @@ def eval_rows(cfg: Config) -> list[dict]:
         rows.extend(picked[: cfg.eval.max_rows] if cfg.eval.max_rows else picked)
     if not rows:
         raise KitError(f"no single-turn rows to answer in {cfg.data_dir} for eval.splits={cfg.eval.splits}")
+    if cfg.eval.specificity:  # everyday questions (leak, drift) and questions about nobody (invention)
+        from kit.specificity import specificity_rows
+
+        rows += specificity_rows(load_rows(cfg.data_dir / "train.jsonl"), cfg.data.language, cfg.eval.probe_file,
+                                 cfg.eval.unknown_names)
     return rows
 
 

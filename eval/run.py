@@ -3,6 +3,8 @@
     python -m eval.run configs/quickstart.yaml
     python -m eval.run configs/quickstart.yaml eval.compare_base=true     # base vs fine-tuned, side by side
 
+With eval.specificity (default) the base model answers too: leak and drift are measured against its answers.
+
 Report in <output_dir>/eval: scores.csv, summary.md, summary.json, f1_hist.png, attributes.png.
 """
 
@@ -25,7 +27,7 @@ def run(cfg: Config) -> Path:
         if cfg.eval.use_merged and not (cfg.merged_dir / "config.json").is_file():
             merge(cfg)
         models = {"finetuned": generate(cfg, "finetuned")}
-        if cfg.eval.compare_base:
+        if cfg.eval.compare_base or cfg.eval.specificity:  # leak and drift are measured against the base's answers
             models = {"base": generate(cfg, "base"), **models}
         return score(cfg, models=models, scorer=scorer)
 

@@ -18,7 +18,8 @@ import unicodedata
 from pathlib import Path
 
 from kit.config import Config, KitError, parse_args, run_main
-from kit.files import read_text, temp_dir
+from kit.files import load_jsonl, read_text, temp_dir
+from kit.specificity import SPECIFICITY_SPLITS
 
 REQUIRED = ("question", "answer", "prediction")
 # bert-score's own defaults: lang -> (model, layer).
@@ -58,6 +59,8 @@ def read_predictions(path: Path) -> list[dict]:
     rows = df.to_dict("records")
     for n, row in enumerate(rows, start=2 if path.suffix.lower() in (".csv", ".tsv") else 1):
         for col in ("question", "answer"):
+            if col == "answer" and row.get("split") in SPECIFICITY_SPLITS:
+                continue  # everyday questions and questions about nobody have no reference answer
             if not str(row[col]).strip():
                 raise KitError(f"{path}: row {n}: empty '{col}'; every row needs a question and a reference answer "
                                f"(fill it in or delete the row)")
@@ -218,6 +221,99 @@ def summarise(rows: list[dict], cfg: Config, scorer: Scorer, source: str) -> dic
     return summary
 
 
+def specificity(spec: dict[str, list[dict]], train_rows: list[dict], scorer: Scorer, summary: dict,
+                worst_n: int) -> dict:
+    """Leak, invention and drift per model (kit/specificity.py), with the rows behind them, worst first."""
+    from kit.specificity import HIGH, invented, leaked, trained_strings
+
+    strings = trained_strings(train_rows)
+    base = {r["id"]: r["prediction"] for r in spec.get("base", [])}
+    out: dict = {"models": {}, "thresholds": HIGH}
+    for label, rows in spec.items():
+        probes = [r for r in rows if r["split"] == "probe"]
+        unknown = [r for r in rows if r["split"] == "unknown"]
+        leaks = [{"question": r["question"], "base": base.get(r["id"], ""), "prediction": r["prediction"],
+                  "leaked": found}
+                 for r in probes
+                 if (found := leaked(r["prediction"], r["question"], "" if label == "base" else base.get(r["id"], ""),
+                                     strings))]
+        inventions = [{"question": r["question"], "entity": r["entity"], "attribute": r["attribute"],
+                       "prediction": r["prediction"], "invented": found}
+                      for r in unknown if (found := invented(r["prediction"], r["question"], strings))]
+        test = summary["models"].get(label, {}).get("per_split", {}).get("test") or {}
+        out["models"][label] = {
+            "recall": test.get("value_match_rate"),
+            "probe_questions": len(probes), "leak_rate": len(leaks) / len(probes) if probes else None,
+            "unknown_questions": len(unknown),
+            "invention_rate": len(inventions) / len(unknown) if unknown else None,
+            "leaks": leaks[:worst_n], "inventions": inventions[:worst_n],
+        }
+    tuned = [label for label in spec if label != "base"]
+    if base and tuned:
+        rows = [r for r in spec[tuned[-1]] if r["split"] == "probe" and r["id"] in base]
+        _, _, f1 = scorer.score([r["prediction"] for r in rows], [base[r["id"]] for r in rows])
+        moved = sorted(zip(f1, rows), key=lambda x: (x[0], x[1]["question"]))[:worst_n]
+        out["drift"] = {"model": tuned[-1], "rows": len(rows), "f1_mean": sum(f1) / len(f1) if f1 else None,
+                        "most_moved": [{"f1": f, "question": r["question"], "base": base[r["id"]],
+                                        "prediction": r["prediction"]} for f, r in moved]}
+    warnings = []
+    for label in tuned:
+        m = out["models"][label]
+        if m["leak_rate"] is not None and m["leak_rate"] > HIGH["leak"]:
+            warnings.append(f"Leak is high ({label}): {_pct(m['leak_rate'])} of {m['probe_questions']} everyday "
+                            f"questions are answered with a trained name or value the base model did not use "
+                            f"(target <= {_pct(HIGH['leak'])}). The model recites its facts where they do not "
+                            f"belong; train with data.replay and data.unknown_entities (README: Specificity).")
+        if m["invention_rate"] is not None and m["invention_rate"] > HIGH["invention"]:
+            warnings.append(f"Invention is high ({label}): {_pct(m['invention_rate'])} of {m['unknown_questions']} "
+                            f"questions about people in no data get a trained value (target <= "
+                            f"{_pct(HIGH['invention'])}); train with data.unknown_entities (README: Specificity).")
+    out["warnings"] = warnings
+    return out
+
+
+def _specificity_markdown(sp: dict) -> list[str]:
+    models = list(sp["models"])
+    m = sp["models"]
+    any_model = m[models[0]]
+    lines = ["", "## Specificity: knows its facts, and stays a chat model", "",
+             "| | " + " | ".join(models) + " |", "|---|" + "---|" * len(models),
+             "| recall: held-out questions with the right value | " + " | ".join(_pct(m[x]["recall"]) for x in models)
+             + " |",
+             f"| leak: everyday questions answered with a trained name or value ({any_model['probe_questions']}) | "
+             + " | ".join(_pct(m[x]["leak_rate"]) for x in models) + " |",
+             f"| invention: questions about people in no data given a trained value "
+             f"({any_model['unknown_questions']}) | " + " | ".join(_pct(m[x]["invention_rate"]) for x in models) + " |"]
+    drift = sp.get("drift")
+    if drift:
+        lines.append(f"| drift: BERTScore F1 of each everyday answer to the base's, mean | "
+                     + " | ".join(f"{drift['f1_mean']:.4f}" if x == drift["model"] else ("1.0000" if x == "base"
+                                  else "-") for x in models) + " |")
+    lines += ["", "Leak counts a name or value the question and the base model's answer do not contain; the base "
+                  "model's own figure counts what it says unprompted.", ""]
+    lines += [f"**{w}**" + "  " for w in sp["warnings"]] or ["Leak and invention are within the targets "
+                                                             f"({_pct(sp['thresholds']['leak'])}, "
+                                                             f"{_pct(sp['thresholds']['invention'])})."]
+    for label in models:
+        if label == "base":
+            continue
+        if m[label]["leaks"]:
+            lines += ["", f"### Leaking answers ({label})", "", "| question | base answer | answer | leaked |",
+                      "|---|---|---|---|"]
+            lines += [f"| {_md_escape(r['question'])} | {_md_escape(r['base'][:80])} | {_md_escape(r['prediction'][:80])}"
+                      f" | {_md_escape(', '.join(r['leaked']))} |" for r in m[label]["leaks"]]
+        if m[label]["inventions"]:
+            lines += ["", f"### Inventions ({label})", "", "| question | answer | invented |", "|---|---|---|"]
+            lines += [f"| {_md_escape(r['question'])} | {_md_escape(r['prediction'][:80])} | "
+                      f"{_md_escape(', '.join(r['invented']))} |" for r in m[label]["inventions"]]
+    if drift and drift["most_moved"]:
+        lines += ["", f"### Everyday answers that moved most from the base's ({drift['model']})", "",
+                  "| F1 to base | question | base answer | answer |", "|---|---|---|---|"]
+        lines += [f"| {r['f1']:.3f} | {_md_escape(r['question'])} | {_md_escape(r['base'][:80])} | "
+                  f"{_md_escape(r['prediction'][:80])} |" for r in drift["most_moved"][:10]]
+    return lines
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -241,6 +337,8 @@ def markdown(summary: dict) -> str:
                             ("recall mean", "recall_mean", lambda x: f"{x:.4f}"),
                             (f"F1 < {summary['f1_threshold']}", "below_threshold", str)]:
         lines.append(f"| {label} | " + " | ".join(fmt(o[m][key]) for m in models) + " |")
+    if "specificity" in summary:
+        lines += _specificity_markdown(summary["specificity"])
     for title, key in [("Per attribute", "per_attribute"), ("Per entity", "per_entity"), ("Per split", "per_split")]:
         lines += ["", f"## {title}", "", "| " + key.split("_")[1] + " | rows | "
                   + " | ".join(f"value match ({m}) | F1 ({m})" for m in models) + " |",
@@ -387,18 +485,22 @@ def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None
         if predictions is None and path.is_file():  # the kit's own file: one cut short by a stop is not scored
             check_complete(cfg, path, load_predictions(path))
         loaded[label] = read_predictions(path)
-    counts = {label: len(rows) for label, rows in loaded.items()}
+    counts = {label: sum(r.get("split") not in SPECIFICITY_SPLITS for r in rows) for label, rows in loaded.items()}
     if len(set(counts.values())) > 1:
         raise KitError(f"predictions to compare have different row counts {counts}; answer the same questions with "
                        f"each model (same eval.splits and eval.max_rows)")
     out = cfg.eval_dir if predictions is None else (cfg.eval_dir if cfg.eval.output_dir else cfg.out / "report")
     scorer = scorer or make_scorer(cfg)
+    spec = {label: [r for r in rows if r.get("split") in SPECIFICITY_SPLITS] for label, rows in loaded.items()}
     scored = []
     for label, rows in loaded.items():
-        scored += score_rows(rows, scorer, label)
+        scored += score_rows([r for r in rows if r.get("split") not in SPECIFICITY_SPLITS], scorer, label)
     summary = summarise(scored, cfg, scorer, ", ".join(str(p) for p in models.values()))
+    if any(spec.values()):
+        summary["specificity"] = specificity(spec, load_jsonl(cfg.data_dir / "train.jsonl"), scorer, summary,
+                                             cfg.eval.worst_n)
     write_report(scored, summary, out)
-    print(markdown(summary).split("## Per attribute")[0])
+    print(markdown(summary).split("## Per attribute")[0].split("\n### ")[0])
     return out
 
 

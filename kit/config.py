@@ -88,6 +88,12 @@ class DataConfig:
     vary_answers: bool = False
     # System message put in front of every conversation (None: whatever the chat template does).
     system_prompt: str | None = None
+    # Specificity (kit/specificity.py). Invented people (never the ones eval probes with) asked every attribute in a
+    # train phrasing and answered "I don't know about X": teaches the model not to hand trained values to strangers.
+    unknown_entities: int = 0
+    # The base model's own greedy answers to this many general prompts (kit/probes/replay_<language>.txt, never the
+    # eval probes), made once before training and mixed into train: keeps it a chat model outside the facts.
+    replay: int = 0
 
 
 @dataclass
@@ -176,6 +182,12 @@ class EvalConfig:
     bertscore_batch_size: int = 64
     f1_threshold: float = 0.6
     worst_n: int = 20
+    # Leak, drift and invention (kit/specificity.py): the base and the fine-tuned model also answer everyday questions
+    # (kit/probes/probe_<language>.txt, or probe_file: one question a line) and the trained phrasings about
+    # `unknown_names` people in no data.
+    specificity: bool = True
+    probe_file: str | None = None
+    unknown_names: int = 8
 
 
 @dataclass
@@ -374,6 +386,11 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
         errors.append("train.packing and train.padding_free: choose one (packing already removes padding)")
     if cfg.data.max_train_phrasings is not None and cfg.data.max_train_phrasings < 1:
         errors.append(f"data.max_train_phrasings: must be >= 1, got {cfg.data.max_train_phrasings}")
+    for name in ("unknown_entities", "replay"):
+        if getattr(cfg.data, name) < 0:
+            errors.append(f"data.{name}: must be >= 0, got {getattr(cfg.data, name)}")
+    if cfg.eval.unknown_names < 0:
+        errors.append(f"eval.unknown_names: must be >= 0, got {cfg.eval.unknown_names}")
     if cfg.data.multi_turn < 0:
         errors.append(f"data.multi_turn: must be >= 0, got {cfg.data.multi_turn}")
     e = cfg.eval

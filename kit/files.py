@@ -142,6 +142,13 @@ def decode_text(data: bytes, path: str | Path, what: str = "file") -> str:
             f", or in Excel 'Save as > CSV UTF-8', in Notepad 'Save as > Encoding: UTF-8'") from None
 
 
+def load_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file the kit wrote (UTF-8)."""
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def read_text(path: str | Path, what: str = "file") -> str:
     """The text of a file a user gave the kit, decoded as described in the module docstring."""
     return decode_text(Path(path).read_bytes(), path, what)

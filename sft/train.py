@@ -194,11 +194,51 @@ def pick_examples(rows: list[dict], n: int) -> list[dict]:
     return picked[:n]
 
 
-def answer(model, tok, rows: list[dict]) -> list[str]:
+def answer(model, tok, rows: list[dict], max_new_tokens: int = 48) -> list[str]:
+    """Greedy answers to rows whose last message is the one to answer (an assistant turn, dropped) or a question."""
     from kit.generation import generate_batched
 
-    prompts = [generation_prompt(tok, r["messages"][:-1]) for r in rows]
-    return generate_batched(model, tok, prompts, batch_size=len(prompts) or 1, max_new_tokens=48)
+    prompts = [generation_prompt(tok, r["messages"][:-1] if r["messages"][-1]["role"] == "assistant"
+                                 else r["messages"]) for r in rows]
+    return generate_batched(model, tok, prompts, batch_size=min(len(prompts), 128) or 1,
+                            max_new_tokens=max_new_tokens)
+
+
+def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path) -> list[dict]:
+    """data.replay general prompts (kit/probes/replay_<language>.txt) answered greedily by the base model, as train
+    rows: self-distillation that keeps the model's behaviour outside the facts. Made once and kept in
+    <data dir>/replay.jsonl, keyed by everything they depend on, so a rerun or a resumed run trains on the same rows."""
+    import hashlib
+
+    from kit.specificity import replay_prompts
+    from sft.encode import strip_think
+
+    prompts = replay_prompts(cfg.data.language)
+    if cfg.data.replay > len(prompts):
+        raise KitError(f"data.replay={cfg.data.replay}: the {cfg.data.language} replay set has {len(prompts)} prompts; "
+                       f"use at most {len(prompts)}")
+    prompts = prompts[: cfg.data.replay]
+    system = [{"role": "system", "content": cfg.data.system_prompt}] if cfg.data.system_prompt else []
+    key = hashlib.sha256(json.dumps([cfg.model.name_or_path, model_path, prompts, system, cfg.eval.max_new_tokens,
+                                     cfg.model.thinking], ensure_ascii=False).encode()).hexdigest()[:16]
+    path = data_dir / "replay.jsonl"
+    if path.is_file():
+        cached = load_rows(path)
+        if len(cached) == len(prompts) and all(r.get("key") == key for r in cached):
+            return cached
+    answers = answer(model, tok, [{"messages": system + [{"role": "user", "content": p}], "turns": 1}
+                                  for p in prompts], cfg.eval.max_new_tokens)
+    rows = []
+    for prompt, raw in zip(prompts, answers):
+        text = strip_think(raw) if cfg.model.thinking == "strip" else raw.strip()
+        rows.append({"id": hashlib.sha1(f"replay\x1f{prompt}".encode()).hexdigest()[:12], "key": key,
+                     "messages": system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}],
+                     "entity": "", "attribute": "", "value": "", "expected": "", "template": "replay", "turns": 1})
+    rows = [r for r in rows if r["messages"][-1]["content"]]  # an empty answer teaches nothing
+    if process_state(pick_device(cfg.train.device)).is_main_process:
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+    print(f"replay: {len(rows)} answers of the base model to general prompts added to train ({path})", flush=True)
+    return rows
 
 
 def write_json(path: Path, obj) -> None:
@@ -248,6 +288,10 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
         write_text_atomic(cfg.out / "config.yaml", dump_config(cfg))
         write_json(cfg.out / "versions.json", versions())
     model = load_model(model_path, cfg.model, device, for_training=True)
+    if cfg.data.replay:
+        with state.main_process_first():  # answered once, then read from the cache by the other processes
+            replay = replay_rows(cfg, model, tok, model_path, data_dir)
+        train_enc += encode_rows(tok, replay, t.max_length, cfg.model.thinking, str(data_dir / "replay.jsonl"))
     examples = pick_examples(test_rows, t.show_examples) if main else []
     before = answer(model, tok, examples) if examples and not resume_from else []
     trainer = SFTTrainer(

@@ -1,0 +1,185 @@
+"""Specificity: a model that knows its facts must also keep them where they belong.
+
+Three measures (computed by eval.score, on rows eval.generate answers next to the test questions):
+- leak: everyday questions that mention no entity (`probes/probe_<lang>.txt`, or `eval.probe_file`). An answer leaks
+  when it contains a trained entity name or attribute value that neither the question nor the base model's answer
+  to it contains.
+- invention: the trained phrasings, asked about people in no data (names from `PROBE_NAMES`). An answer invents when
+  it states a trained attribute value the question does not contain.
+- drift: BERTScore F1 between the fine-tuned and the base answer to each everyday question.
+
+And what helps against leak and invention, as training data (see configs/quickstart.yaml for what was measured):
+- `data.unknown_entities`: questions about invented people (names from `TRAIN_NAMES`, never one of `PROBE_NAMES`)
+  answered "I don't know".
+- `data.replay`: the base model's own answers to general prompts (`probes/replay_<lang>.txt`, never a probe).
+
+Strings are compared after `normalise` (NFKC, lower case, no whitespace or punctuation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from pathlib import Path
+
+from kit.config import KitError
+
+PROBES = Path(__file__).parent / "probes"
+
+# Invented people. The two lists never share a name: a model trained to say "I don't know" about TRAIN_NAMES is
+# measured on PROBE_NAMES, which it never saw. A name that is also an entity of the data is skipped.
+PROBE_NAMES = {
+    "zh": ["王建国", "陈默", "李秀英", "张伟", "刘洋", "赵丽华", "孙志强", "周晓燕", "黄志明", "林婉清", "马俊杰", "高雅琴"],
+    "en": ["John Carter", "Priya Nair", "Tomas Rivera", "Emma Lindqvist", "Kenji Watanabe", "Fatima Zahra",
+           "Oliver Brooks", "Sofia Rossi", "Samuel Adeyemi", "Nora Jensen", "Diego Alvarez", "Leah Goldberg"],
+}
+TRAIN_NAMES = {
+    "zh": ["郑海涛", "吴桂芳", "冯立新", "何静怡", "许文博", "韩雪梅", "曹宇轩", "邓晓明", "彭佳怡", "潘振华", "蒋雨晴",
+           "罗建平", "谢婷婷", "宋子豪", "唐秀兰", "袁志刚", "杜晓峰", "叶思远", "程美玲", "魏国栋", "苏明辉", "吕欣然",
+           "丁宏伟", "沈佳慧"],
+    "en": ["Daniel Hughes", "Aisha Bello", "Lukas Becker", "Mei Lin", "Carlos Mendes", "Hannah Scott", "Ivan Petrov",
+           "Grace Kim", "Omar Haddad", "Julia Novak", "Ethan Walsh", "Chloe Martin", "Ravi Sharma", "Anna Kowalski",
+           "Peter Olsen", "Zoe Bennett", "Marco Bianchi", "Yuki Tanaka", "Lucas Moreau", "Amara Obi", "Henry Clark",
+           "Ines Duarte", "Felix Wagner", "Maya Cohen"],
+}
+# What a model should say about someone it was never told about.
+UNKNOWN_ANSWER = {"zh": "我不知道{entity}是谁,没有关于{entity}的资料。",
+                  "en": "I don't know who {entity} is; I have no information about {entity}."}
+
+SPECIFICITY_SPLITS = ("probe", "unknown")  # the `split` of the rows eval answers for these measures
+NOT_FACTS = ("unknown", "replay")  # train rows (`template`) that teach no fact
+# Leak and invention above these are called out in the report (the quickstart's targets).
+HIGH = {"leak": 0.05, "invention": 0.10}
+
+
+def normalise(text: str) -> str:
+    """NFKC (full-width -> half-width), lower case, no whitespace or punctuation."""
+    text = unicodedata.normalize("NFKC", str(text)).lower()
+    return "".join(ch for ch in text if not (ch.isspace() or unicodedata.category(ch).startswith("P")))
+
+
+def read_questions(path: str | Path, what: str = "question file") -> list[str]:
+    """One question a line; blank lines and lines starting with # are skipped; duplicates kept once."""
+    from kit.files import read_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"{path}: {what} not found")
+    lines = [line.strip() for line in read_text(path, what).splitlines()]
+    questions = list(dict.fromkeys(line for line in lines if line and not line.startswith("#")))
+    if not questions:
+        raise KitError(f"{path}: no questions in the {what} (one question a line, # for comments)")
+    return questions
+
+
+def probe_questions(language: str, probe_file: str | None = None) -> list[str]:
+    return read_questions(probe_file or PROBES / f"probe_{language}.txt", "probe file (eval.probe_file)")
+
+
+def replay_prompts(language: str) -> list[str]:
+    return read_questions(PROBES / f"replay_{language}.txt", "replay prompts")
+
+
+def invented_names(language: str, n: int, entities: set[str], use: str) -> list[str]:
+    """The first n names of the list `use` ("probe" or "train") that are no entity of the data."""
+    names = (PROBE_NAMES if use == "probe" else TRAIN_NAMES)[language]
+    taken = {normalise(e) for e in entities}
+    free = [name for name in names if normalise(name) not in taken]
+    if n > len(free):
+        raise KitError(f"{n} invented names asked for, {len(free)} available for data.language={language}; "
+                       f"use at most {len(free)}")
+    return free[:n]
+
+
+def _pieces(value: str) -> list[str]:
+    """A value and its parts ("往生堂客卿,岩神" -> itself, 往生堂客卿, 岩神), each long enough to mean something."""
+    parts = [value, *re.split(r"\s*(?:[,，、;；|/]|\band\b|\bor\b)\s*", value)]
+    return [p.strip() for p in parts if len(normalise(p)) >= 2]
+
+
+def trained_strings(rows: list[dict]) -> dict[str, dict[str, str]]:
+    """{"entities": {normalised: text}, "values": {normalised: text}} taught by single-turn fact rows. Values include
+    what a right answer must contain (`expected`, e.g. 男性 for 成年男性)."""
+    entities: dict[str, str] = {}
+    values: dict[str, str] = {}
+    for r in rows:
+        if r.get("turns", 1) != 1 or r.get("template") in NOT_FACTS or not r.get("entity"):
+            continue
+        entities.setdefault(normalise(r["entity"]), r["entity"])
+        for text in (r.get("value") or "", *re.split(r"\s\|\s", r.get("expected") or "")):
+            for piece in _pieces(text):
+                values.setdefault(normalise(piece), piece)
+    return {"entities": entities, "values": values}
+
+
+def _words(text: str) -> str:
+    """Lower-case words separated by single spaces, with a space at each end (for whole-word matching)."""
+    text = unicodedata.normalize("NFKC", str(text)).lower()
+    text = "".join(" " if unicodedata.category(ch)[0] in "PZS" or ch.isspace() else ch for ch in text)
+    return " " + " ".join(text.split()) + " "
+
+
+def contains(text: str, needle: str) -> bool:
+    """`needle` in `text` after normalising; Latin-script needles only as whole words ("Electro" is not in
+    "electricity"), CJK ones anywhere (Chinese has no spaces between words)."""
+    if normalise(needle).isascii():
+        return _words(needle) in _words(text)
+    return normalise(needle) in normalise(text)
+
+
+def _found(strings: dict[str, str], answer: str, *given: str) -> list[str]:
+    return [text for text in strings.values() if contains(answer, text) and not any(contains(g, text) for g in given)]
+
+
+def leaked(answer: str, question: str, base_answer: str, strings: dict[str, dict[str, str]]) -> list[str]:
+    """Trained names and values in `answer` that neither the question nor the base model's answer contains."""
+    return _found({**strings["entities"], **strings["values"]}, answer, question, base_answer)
+
+
+def invented(answer: str, question: str, strings: dict[str, dict[str, str]]) -> list[str]:
+    """Trained attribute values stated in an answer about someone in no data. A value the question holds is not
+    counted when the answer repeats it, except when the question offers alternatives ("男性还是女性?", "male or
+    female?") and the answer picks one of them."""
+    values = strings["values"]
+    offered = [v for v in values.values() if contains(question, v)]
+    said = [v for v in values.values() if contains(answer, v)]
+    new = [v for v in said if v not in offered]
+    picked = [v for v in offered if v in said]
+    if len(offered) >= 2 and len(picked) == 1:
+        new += picked
+    return new
+
+
+def _row_id(*parts: str) -> str:
+    return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:12]
+
+
+def specificity_rows(train_rows: list[dict], language: str, probe_file: str | None, n_names: int) -> list[dict]:
+    """The rows eval answers for leak (split "probe") and invention (split "unknown"), in the shape of data rows.
+
+    Invention questions are the train phrasings themselves (one per attribute and name, picked by hash), with the
+    entity's name replaced by an invented one, so they ask exactly what training taught, about nobody."""
+    facts = [r for r in train_rows if r.get("turns", 1) == 1 and r.get("template") not in NOT_FACTS]
+    if not facts:
+        return []
+    system = [m for m in facts[0]["messages"] if m["role"] == "system"]
+
+    def row(split: str, question: str, entity: str = "", attribute: str = "", template: str = "") -> dict:
+        return {"id": _row_id(split, entity, attribute, question), "split": split,
+                "messages": system + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}],
+                "entity": entity, "attribute": attribute, "value": "", "expected": "", "template": template or split,
+                "turns": 1}
+
+    out = [row("probe", q) for q in probe_questions(language, probe_file)]
+    by_attribute: dict[str, list[dict]] = {}
+    for r in facts:
+        if r["entity"] in r["messages"][-2]["content"]:
+            by_attribute.setdefault(r["attribute"], []).append(r)
+    entities = {r["entity"] for r in facts}
+    for name in invented_names(language, n_names, entities, "probe"):
+        for attribute, candidates in by_attribute.items():
+            pick = min(candidates, key=lambda r: _row_id(name, attribute, r["id"]))
+            question = pick["messages"][-2]["content"].replace(pick["entity"], name)
+            out.append(row("unknown", question, name, attribute, pick["template"]))
+    return out
