@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from data_prep.build import ensure_built, load_rows
+from data_prep.build import ensure_built
+from kit.files import load_jsonl
 from eval.score import Scorer, encoder_for
 from kit.config import KitError, load_config
 from kit.generation import generate_batched, reference_greedy
 from kit.models import load_tokenizer, set_threads
-from sft.encode import generation_prompt
+from kit.chat import generation_prompt
 
 
 def tutorial_generate(model, tok, rows: list[dict]) -> list[str]:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tok = load_tokenizer(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    rows = [r for r in load_rows(ensure_built(cfg) / "test.jsonl") if r["turns"] == 1][: args.rows or None]
+    rows = [r for r in load_jsonl(ensure_built(cfg) / "test.jsonl") if r["turns"] == 1][: args.rows or None]
     prompts = [generation_prompt(tok, r["messages"][:-1]) for r in rows]
     print(f"{len(rows)} test questions, model {model_dir}, {torch.get_num_threads()} threads", flush=True)
 

@@ -22,7 +22,8 @@ from dataclasses import replace
 
 import torch
 
-from data_prep.build import ensure_built, load_rows
+from data_prep.build import ensure_built
+from kit.files import load_jsonl
 from kit.config import load_config
 from kit.models import load_model, load_tokenizer, resolve, set_threads
 from sft.encode import encode_rows
@@ -93,7 +94,7 @@ def run_once(cfg, model_path, tok, encoded, epochs: float, out_dir: str) -> tupl
 def accuracy(model, tok, rows) -> tuple[int, int]:
     from eval.score import value_match
     from kit.generation import generate_batched
-    from sft.encode import generation_prompt
+    from kit.chat import generation_prompt
 
     prompts = [generation_prompt(tok, r["messages"][:-1]) for r in rows]
     answers = generate_batched(model, tok, prompts, batch_size=32, max_new_tokens=48)
@@ -114,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = ensure_built(cfg)
     model_path = resolve(cfg.model)
     tok = load_tokenizer(model_path)
-    rows = load_rows(data_dir / "train.jsonl")
-    test = [r for r in load_rows(data_dir / "test.jsonl") if r["turns"] == 1]
+    rows = load_jsonl(data_dir / "train.jsonl")
+    test = [r for r in load_jsonl(data_dir / "test.jsonl") if r["turns"] == 1]
     head = CompactHead()
     recipes = {"tutorial": tutorial_cfg(cfg), "kit": kit_cfg(cfg)}
 

@@ -373,9 +373,6 @@ def ensure_built(cfg: Config) -> Path:
     return build(cfg)
 
 
-def load_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
 
 def main(argv: list[str] | None = None) -> int:
     _, cfg = parse_args(argv, __doc__.splitlines()[0])

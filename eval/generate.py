@@ -15,16 +15,12 @@ import json
 import time
 from pathlib import Path
 
-from data_prep.build import load_rows
+from kit.chat import generation_prompt, strip_think
 from kit.config import Config, KitError, parse_args, run_main
-from kit.files import write_text_atomic
+from kit.files import load_jsonl, write_text_atomic
 from kit.generation import generate_batched
 from kit.models import load_model, load_tokenizer, pick_device, process_state, resolve, set_threads
-from sft.encode import generation_prompt, strip_think
 
-
-def predictions_path(cfg: Config, which: str) -> Path:
-    return cfg.eval_dir / ("predictions.jsonl" if which == "finetuned" else f"predictions-{which}.jsonl")
 
 
 def eval_rows(cfg: Config) -> list[dict]:
@@ -34,14 +30,14 @@ def eval_rows(cfg: Config) -> list[dict]:
         path = cfg.data_dir / f"{split}.jsonl"
         if not path.is_file():
             raise KitError(f"{path}: not found; build the data first with `python -m data_prep.build CONFIG`")
-        picked = [dict(r, split=split) for r in load_rows(path) if r.get("turns", 1) == 1]
+        picked = [dict(r, split=split) for r in load_jsonl(path) if r.get("turns", 1) == 1]
         rows.extend(picked[: cfg.eval.max_rows] if cfg.eval.max_rows else picked)
     if not rows:
         raise KitError(f"no single-turn rows to answer in {cfg.data_dir} for eval.splits={cfg.eval.splits}")
     if cfg.eval.specificity:  # everyday questions (leak, drift) and questions about nobody (invention)
         from kit.specificity import specificity_rows
 
-        rows += specificity_rows(load_rows(cfg.data_dir / "train.jsonl"), cfg.data.language, cfg.eval.probe_file,
+        rows += specificity_rows(load_jsonl(cfg.data_dir / "train.jsonl"), cfg.data.language, cfg.eval.probe_file,
                                  cfg.eval.unknown_names)
     return rows
 
@@ -107,7 +103,7 @@ def _generate(cfg: Config, which: str) -> Path:
     device = pick_device(cfg.train.device)
     set_threads(cfg.train.threads, device)
     state = process_state(device)  # under `accelerate launch` / torchrun, each process answers its share
-    out = predictions_path(cfg, which)
+    out = cfg.predictions_file(which)
     meta = {"model": path, "adapter": adapter, "max_new_tokens": cfg.eval.max_new_tokens,
             "do_sample": cfg.eval.do_sample}
     if state.is_main_process:
@@ -198,7 +194,7 @@ def generate_with_vllm(cfg: Config, which: str, rows: list[dict], path: str,
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in plan["prompt_token_ids"]],
                            SamplingParams(**plan["sampling"]),
                            lora_request=LoRARequest("kit", 1, adapter) if adapter else None)
-    out = predictions_path(cfg, which)
+    out = cfg.predictions_file(which)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for r, o in zip(rows, outputs):

@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_prep.build import load_rows
+from kit.chat import generation_prompt
 from kit.config import Config, KitError, parse_args, run_main
-from kit.files import atomic_dir
+from kit.files import atomic_dir, load_jsonl
 from kit.generation import stop_token_ids
 from kit.models import load_tokenizer, pick_device, resolve
-from sft.encode import generation_prompt
 
 
 def check_adapter(adapter_dir: Path) -> None:
@@ -29,7 +28,7 @@ def check_adapter(adapter_dir: Path) -> None:
 
 def check_prompts(cfg: Config, tok, n: int = 4) -> list[str]:
     test = cfg.data_dir / "test.jsonl"
-    rows = load_rows(test)[:n] if test.is_file() else []
+    rows = load_jsonl(test)[:n] if test.is_file() else []
     messages = [r["messages"][:-1] for r in rows] or [[{"role": "user", "content": "Hello, who are you?"}]]
     return [generation_prompt(tok, m) for m in messages]
 

@@ -202,7 +202,7 @@ def _group(rows: list[dict], key: str, threshold: float) -> dict:
 
 
 def summarise(rows: list[dict], cfg: Config, scorer: Scorer, source: str) -> dict:
-    from sft.train import versions
+    from kit.models import versions
 
     threshold = cfg.eval.f1_threshold
     summary = {"source": source, "encoder": scorer.label, "bertscore_hash": scorer.hash, "f1_threshold": threshold,
@@ -471,15 +471,15 @@ def score(cfg: Config, predictions: Path | None = None, models: dict[str, Path] 
 
 
 def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None, scorer: Scorer | None) -> Path:
-    from eval.generate import load_predictions, predictions_path
+    from eval.generate import load_predictions
 
     if models is None:
         if predictions is not None:
             models = {Path(predictions).stem: Path(predictions)}
         else:
-            models = {"finetuned": predictions_path(cfg, "finetuned")}
-            if cfg.eval.compare_base and predictions_path(cfg, "base").is_file():
-                models = {"base": predictions_path(cfg, "base"), **models}
+            models = {"finetuned": cfg.predictions_file("finetuned")}
+            if (cfg.eval.compare_base or cfg.eval.specificity) and cfg.predictions_file("base").is_file():
+                models = {"base": cfg.predictions_file("base"), **models}
     loaded = {}
     for label, path in models.items():
         if predictions is None and path.is_file():  # the kit's own file: one cut short by a stop is not scored
@@ -489,7 +489,7 @@ def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None
     if len(set(counts.values())) > 1:
         raise KitError(f"predictions to compare have different row counts {counts}; answer the same questions with "
                        f"each model (same eval.splits and eval.max_rows)")
-    out = cfg.eval_dir if predictions is None else (cfg.eval_dir if cfg.eval.output_dir else cfg.out / "report")
+    out = cfg.eval_dir if predictions is None else cfg.report_dir
     scorer = scorer or make_scorer(cfg)
     spec = {label: [r for r in rows if r.get("split") in SPECIFICITY_SPLITS] for label, rows in loaded.items()}
     scored = []

@@ -226,6 +226,15 @@ class Config:
     def eval_dir(self) -> Path:
         return Path(self.eval.output_dir) if self.eval.output_dir else self.out / "eval"
 
+    def predictions_file(self, which: str = "finetuned") -> Path:
+        """What eval.generate writes for `which` model ("finetuned" or "base")."""
+        return self.eval_dir / ("predictions.jsonl" if which == "finetuned" else f"predictions-{which}.jsonl")
+
+    @property
+    def report_dir(self) -> Path:
+        """Where eval.score --predictions FILE reports (eval.output_dir when set, so it never mixes with eval/)."""
+        return self.eval_dir if self.eval.output_dir else self.out / "report"
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source")

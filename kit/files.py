@@ -24,19 +24,26 @@ from kit.config import KitError
 TEMP_PREFIX = ".kit-tmp-"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write beside `path`, then rename over it: the file is either the old one or the whole new one."""
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """`with atomic_file(p) as tmp:` write the file at tmp; on success it replaces `p` in one step (readers see the
+    old file or the whole new one), on any error (or a kill) `p` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write beside `path`, then rename over it: the file is either the old one or the whole new one."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
 
 
 def _exchange(a: Path, b: Path) -> bool:

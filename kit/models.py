@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from kit.config import KitError, ModelConfig
@@ -68,17 +66,16 @@ def dequantise_gguf(gguf: Path, cache_dir: str | Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
     plain.generation_config = model.generation_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    from kit.files import temp_dir
+
+    with temp_dir(out.parent, out.name) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out)
-    except OSError:
-        if not (out / "config.json").is_file():  # another process won the race: use its copy
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            os.rename(tmp, out)  # never over an existing copy: the first process to finish wins
+        except OSError:
+            if not (out / "config.json").is_file():  # another process won the race: use its copy
+                raise
     return out
 
 
@@ -234,3 +231,17 @@ def check_qlora(device: str) -> None:
         raise KitError("model.load_in_4bit (QLoRA) needs a CUDA GPU; set model.load_in_4bit=false to train in 16/32 bit")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise KitError("model.load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+
+
+def versions() -> dict[str, str]:
+    """The versions that decide a run's numbers, for versions.json and the report."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bert-score"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out

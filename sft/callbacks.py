@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from kit.files import write_text_atomic
+from kit.files import atomic_file, write_text_atomic
 
 
 def smooth(values: list[float], weight: float = 0.6) -> list[float]:
@@ -51,10 +50,9 @@ def plot_losses(history: list[dict], path: Path, x: str = "step", eval_enabled: 
     if train or evals:
         ax.legend(loc="upper right" if evals else "center right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp)
+    with atomic_file(path) as tmp:  # a viewer never opens half a PNG
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_history(history: list[dict], path: Path) -> None:

@@ -12,18 +12,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from kit.chat import THINK_CLOSE, generation_prompt, opens_think, render
 from kit.config import KitError
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
 
 
 class EncodeError(KitError):
     pass
-
-
-def render(tok, messages: list[dict], generation_prompt: bool = False) -> str:
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 def _special_strings(tok) -> list[str]:
@@ -32,25 +26,6 @@ def _special_strings(tok) -> list[str]:
         if getattr(added, "special", False):
             specials.add(added.content)
     return sorted((s for s in specials if s), key=len, reverse=True)
-
-
-def opens_think(prompt: str) -> bool:
-    """Reasoning templates (DeepSeek-R1, Qwen3...) may end the generation prompt with an open <think> block."""
-    return prompt.rstrip().endswith(THINK_OPEN)
-
-
-def generation_prompt(tok, messages: list[dict]) -> str:
-    """The exact prompt text the model sees before it answers, in training and in eval."""
-    return render(tok, messages, generation_prompt=True)
-
-
-def strip_think(text: str) -> str:
-    """The answer without its reasoning: everything up to the last </think>, or after a dangling <think>."""
-    if THINK_CLOSE in text:
-        return text.rsplit(THINK_CLOSE, 1)[-1].strip()
-    if THINK_OPEN in text:
-        return text.split(THINK_OPEN, 1)[0].strip()
-    return text.strip()
 
 
 @dataclass

@@ -11,18 +11,18 @@ tokenizer), config.yaml (resolved), versions.json, metrics.json, loss.png and lo
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.build import ensure_built, load_rows
+from data_prep.build import ensure_built
+from kit.chat import generation_prompt
 from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
-from kit.files import atomic_dir, write_text_atomic
+from kit.files import atomic_dir, load_jsonl, write_text_atomic
 from kit.models import (choose_pad_token, load_model, load_tokenizer, pick_device, process_state, resolve,
-                        set_threads)
+                        set_threads, versions)
 from sft.callbacks import LossPlotCallback
-from sft.encode import audit, encode_rows, generation_prompt
+from sft.encode import audit, encode_rows
 
 
 def cpu_has_bf16() -> bool:
@@ -172,17 +172,6 @@ def score_only_supervised_positions(device: str) -> None:
         trl_utils._use_triton = use_compact
 
 
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bert-score"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
 
 def pick_examples(rows: list[dict], n: int) -> list[dict]:
     """Up to n single-turn test rows, one per attribute first, so the examples show different facts."""
@@ -211,7 +200,7 @@ def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path) -> lis
     import hashlib
 
     from kit.specificity import replay_prompts
-    from sft.encode import strip_think
+    from kit.chat import strip_think
 
     prompts = replay_prompts(cfg.data.language)
     if cfg.data.replay > len(prompts):
@@ -223,7 +212,7 @@ def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path) -> lis
                                      cfg.model.thinking], ensure_ascii=False).encode()).hexdigest()[:16]
     path = data_dir / "replay.jsonl"
     if path.is_file():
-        cached = load_rows(path)
+        cached = load_jsonl(path)
         if len(cached) == len(prompts) and all(r.get("key") == key for r in cached):
             return cached
     answers = answer(model, tok, [{"messages": system + [{"role": "user", "content": p}], "turns": 1}
@@ -272,8 +261,8 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     set_threads(cfg.train.threads, device)
     score_only_supervised_positions(device)
     tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    train_rows = load_rows(data_dir / "train.jsonl")
-    test_rows = load_rows(data_dir / "test.jsonl")
+    train_rows = load_jsonl(data_dir / "train.jsonl")
+    test_rows = load_jsonl(data_dir / "test.jsonl")
     t = cfg.train
     train_enc = encode_rows(tok, train_rows, t.max_length, cfg.model.thinking, str(data_dir / "train.jsonl"))
     eval_enc = (encode_rows(tok, test_rows, t.max_length, cfg.model.thinking, str(data_dir / "test.jsonl"))

@@ -30,6 +30,28 @@ def test_same_input_same_bytes(roles_file, tmp_path):
     assert (a / "test.jsonl").read_bytes() != (c / "test.jsonl").read_bytes()
 
 
+def test_same_bytes_across_processes_with_different_hash_seeds(roles_file, tmp_path):
+    """Two runs in one process share a string-hash seed: output that depended on set or dict-of-str order would
+    still agree there. Separate processes with different PYTHONHASHSEED would not."""
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"h{seed}"
+        subprocess.run([sys.executable, "-m", "data_prep.build", str(ROOT / "configs" / "quickstart.yaml"),
+                        f"data.source={roles_file}", f"output_dir={out}", "data.multi_turn=2",
+                        "data.unknown_entities=4"], cwd=ROOT, check=True, capture_output=True,
+                       env=dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=str(ROOT)))
+        outs.append(out / "data")
+    for name in ("train.jsonl", "test.jsonl", "stats.json"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+    # the shipped data with the shipped settings: the first row, written out
+    first = json.loads((outs[0] / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert first["entity"] == "丽莎" and first["attribute"] == "性别" and first["expected"] == "女性"
+
+
 @pytest.mark.parametrize("split", ["phrasing", "random", "entity"])
 def test_adding_an_entity_leaves_the_others_rows_alone(roles_file, tmp_path, split):
     before = build(cfg_for(roles_file, tmp_path / "before", split=split))

@@ -12,7 +12,7 @@ from eval.merge import merge
 from eval.score import Scorer, markdown, score, score_rows, summarise, value_match
 from kit.config import KitError, build_config
 from kit.generation import generate_batched, reference_greedy
-from sft.encode import generation_prompt
+from kit.chat import generation_prompt
 from sft.train import train
 
 ROLES = {"钟离": {"性别": "成年男性", "国籍": "璃月", "元素力": "岩元素"},

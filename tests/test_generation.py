@@ -8,7 +8,7 @@ import torch
 import kit.generation as gen
 from kit.generation import generate_batched, reference_greedy
 from kit.models import load_tokenizer
-from sft.encode import generation_prompt
+from kit.chat import generation_prompt
 
 QUESTIONS = ["钟离是什么性别?", "请问丽莎的国籍是什么?", "你好", "丽莎使用哪种元素?", "钟离从哪里来的?",
              "很长的问题" * 5, "Who is Zhongli?", "a", "凯亚的身份是什么?请简单回答。"]

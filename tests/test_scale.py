@@ -41,7 +41,7 @@ def test_vllm_plan_matches_the_hf_path(trained_adapter):
     from eval.generate import vllm_plan
     from kit.generation import stop_token_ids
     from kit.models import load_tokenizer
-    from sft.encode import generation_prompt
+    from kit.chat import generation_prompt
 
     cfg, rows = trained_adapter
     tok = load_tokenizer(str(cfg.adapter_dir))
@@ -55,13 +55,13 @@ def test_vllm_plan_matches_the_hf_path(trained_adapter):
 
 @pytest.fixture(scope="module")
 def trained_adapter(tiny_model, tmp_path_factory):
-    from data_prep.build import load_rows
+    from kit.files import load_jsonl
     from sft.train import train
 
     root = tmp_path_factory.mktemp("scale")
     cfg = two_proc_cfg(root, tiny_model, per_device=8, max_steps=2)
     train(cfg)
-    return cfg, [r for r in load_rows(cfg.data_dir / "test.jsonl")][:3]
+    return cfg, [r for r in load_jsonl(cfg.data_dir / "test.jsonl")][:3]
 
 
 def two_proc_cfg(root: Path, model, per_device: int, max_steps: int = 4, out: str = "run"):

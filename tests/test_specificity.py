@@ -151,7 +151,7 @@ def test_replay_rows_are_the_base_models_own_greedy_answers_made_once(tiny_model
     from kit.files import load_jsonl
     from kit.generation import reference_greedy
     from kit.models import load_model, load_tokenizer
-    from sft.encode import generation_prompt
+    from kit.chat import generation_prompt
     from sft.train import build_trainer
 
     cfg = data_cfg(tmp_path, replay=5)
