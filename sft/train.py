@@ -54,43 +54,38 @@ def build_lora_config(lora: LoraConfig):
                           task_type="CAUSAL_LM")
 
 
+# How the `train` section reaches trl.SFTConfig. Fields with the same name in both pass as they are; these are the
+# exceptions, written once: the kit's own fields, and those TRL takes under another name or form.
+KIT_ONLY_TRAIN_FIELDS = frozenset({"resume", "threads", "device", "precision", "show_examples"})
+RENAMED_TRAIN_FIELDS = {
+    "warmup_ratio": lambda v: {"warmup_steps": v},  # transformers 5: a float < 1 is a fraction of the total steps
+    "group_by_length": lambda v: {"train_sampling_strategy": "group_by_length" if v else "random"},
+    "save_steps": lambda v: {"save_steps": v or 500},  # unused unless save_strategy is "steps", which requires it
+}
+
+
 def build_sft_config(cfg: Config, device: str = "cpu", precision: str | None = None):
     """The one place the kit's `train` section becomes a trl.SFTConfig."""
+    import dataclasses
+
     from trl import SFTConfig
 
     t = cfg.train
     precision = precision or resolve_precision(cfg, device)
+    kwargs = {}
+    for f in dataclasses.fields(t):
+        value = getattr(t, f.name)
+        if f.name in RENAMED_TRAIN_FIELDS:
+            kwargs.update(RENAMED_TRAIN_FIELDS[f.name](value))
+        elif f.name not in KIT_ONLY_TRAIN_FIELDS:
+            kwargs[f.name] = value
     return SFTConfig(
+        **kwargs,
         output_dir=str(cfg.checkpoints_dir),
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a fraction of the total steps
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
-        max_length=t.max_length,
-        packing=t.packing,
-        padding_free=t.padding_free,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        logging_steps=t.logging_steps,
         logging_first_step=True,
-        eval_strategy=t.eval_strategy,
-        eval_steps=t.eval_steps,
-        save_strategy=t.save_strategy,
-        save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
-        seed=t.seed,
-        optim=t.optim,
-        use_liger_kernel=t.use_liger_kernel,
-        dataloader_num_workers=t.dataloader_num_workers,
         report_to="none",
         push_to_hub=False,
         # The kit tokenises and masks itself (sft.encode); TRL must not truncate silently.
@@ -343,8 +338,11 @@ def summarise(trainer, result, train_enc: list[dict], wall: float, from_epoch: f
     tokens_per_epoch = sum(len(e["input_ids"]) for e in train_enc)
     epochs = trainer.state.epoch or 0.0
     return {
-        "train_loss": result.training_loss,
+        # The Trainer's figure covers the steps this process ran; after a resume, the whole run's comes from the loss
+        # logged every logging_steps (each logged mean weighted by the steps it covers).
+        "train_loss": result.training_loss if not from_epoch else logged_loss(trainer.state.log_history),
         "steps": trainer.state.global_step,
+        "resumed_from_epoch": from_epoch,
         "epochs": epochs,
         "train_rows": len(train_enc),
         "real_tokens_per_epoch": tokens_per_epoch,
@@ -353,6 +351,18 @@ def summarise(trainer, result, train_enc: list[dict], wall: float, from_epoch: f
         "train_seconds": wall,
         "log_history": trainer.state.log_history,
     }
+
+
+def logged_loss(history: list[dict]) -> float | None:
+    """Mean training loss over the steps the logged losses cover, each logged mean weighted by its steps."""
+    total = steps = 0.0
+    last = 0
+    for h in history:
+        if "loss" in h and "step" in h:
+            total += h["loss"] * (h["step"] - last)
+            steps += h["step"] - last
+            last = h["step"]
+    return total / steps if steps else None
 
 
 def show_examples(rows: list[dict], before: list[str], after: list[str]) -> str:

@@ -103,6 +103,32 @@ def test_shipped_configs_build_real_trl_and_peft_objects(path):
     assert lora.r == cfg.lora.r and lora.lora_alpha == cfg.lora.alpha
 
 
+def test_every_train_field_reaches_sft_config_or_is_the_kits_own():
+    """A field added to TrainConfig must either exist in SFTConfig under its name, be renamed once in
+    sft.train.RENAMED_TRAIN_FIELDS, or be declared the kit's own; otherwise it would silently do nothing."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    from kit.config import TrainConfig
+    from sft.train import KIT_ONLY_TRAIN_FIELDS, RENAMED_TRAIN_FIELDS
+
+    sft_fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    for f in dataclasses.fields(TrainConfig):
+        assert (f.name in sft_fields) + (f.name in RENAMED_TRAIN_FIELDS) + (f.name in KIT_ONLY_TRAIN_FIELDS) >= 1, f.name
+        assert not (f.name in KIT_ONLY_TRAIN_FIELDS and f.name in RENAMED_TRAIN_FIELDS), f.name
+    for name, rename in RENAMED_TRAIN_FIELDS.items():
+        assert set(rename(None)) <= sft_fields, name
+    cfg = build_config({"model": {"name_or_path": "m"}, "train": {"warmup_ratio": 0.1, "group_by_length": True,
+                                                                 "save_strategy": "steps", "save_steps": 7,
+                                                                 "weight_decay": 0.01, "optim": "sgd"}})
+    from sft.train import build_sft_config
+
+    args = build_sft_config(cfg, device="cpu", precision="fp32")
+    assert (args.warmup_steps, args.train_sampling_strategy, args.save_steps) == (0.1, "group_by_length", 7)
+    assert (args.weight_decay, args.optim, args.bf16, args.use_cpu) == (0.01, "sgd", False, True)
+
+
 def test_shipped_configs_exist():
     names = {p.name for p in RUN_CONFIGS}
     assert {"quickstart.yaml", "7b.yaml"} <= names
