@@ -146,9 +146,8 @@ def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for the next allocation instead of handing it back to the kernel.
 
     By default blocks over 128 KiB come from mmap and go back on free, and the heap top is trimmed, so every layer's
-    activations and every new key/value buffer page-fault fresh memory in. Measured on the 2-core CPU VM (the
-    quickstart's 120 test answers, batch 128, warm process): page faults per run ~345,000 -> ~1,000, system time
-    1.8-3.3 s -> 0.1-0.3 s, wall time 10.1-12.2 s -> 8.9-9.8 s. The process keeps its peak heap until it exits.
+    activations and every new key/value buffer page-fault fresh memory in (what it saves: bench/RESULTS.md). The
+    process keeps its peak heap until it exits.
     Returns False (and changes nothing) where the C library is not glibc."""
     import ctypes
 
