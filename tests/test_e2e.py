@@ -13,9 +13,9 @@ from kit.config import KitError
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shipped quickstart's measured figures (bench/RESULTS.md), with some room for the machine.
-RECALL_AT_LEAST = 0.9
-LEAK_AT_MOST = 1.0
-INVENTION_AT_MOST = 1.0
+RECALL_AT_LEAST = 0.9    # measured 113/120 = 0.942
+LEAK_AT_MOST = 0.08      # measured 0.04
+INVENTION_AT_MOST = 0.15  # measured 0.075
 
 
 def write_cfg(tmp_path, model, bert):
