@@ -110,7 +110,7 @@ def _generate(cfg: Config, which: str) -> Path:
         _prepare_output(out, meta, cfg.eval.overwrite)
     state.wait_for_everyone()
     model, tok = load_for_generation(cfg, path, adapter, device)
-    done = {r["id"] for r in load_predictions(out)} if out.is_file() else set()
+    done = {r["id"] for r in load_jsonl(out)} if out.is_file() else set()
     todo = [r for r in rows if r["id"] not in done]
     if done and state.is_main_process:
         print(f"{out}: {len(done)} rows already answered, {len(todo)} to go")
@@ -259,9 +259,6 @@ def _rewrite_complete_lines(path: Path) -> None:
     if len(good) != len(lines):
         write_text_atomic(path, "".join(line + "\n" for line in good))
 
-
-def load_predictions(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,12 +14,11 @@ import io
 import json
 import math
 import re
-import unicodedata
 from pathlib import Path
 
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import load_jsonl, read_text, temp_dir
-from kit.specificity import SPECIFICITY_SPLITS
+from kit.specificity import SPECIFICITY_SPLITS, normalise
 
 REQUIRED = ("question", "answer", "prediction")
 # bert-score's own defaults: lang -> (model, layer).
@@ -73,11 +72,6 @@ def read_predictions(path: Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Metrics
 
-
-def normalise(text: str) -> str:
-    """For value matching: NFKC (full-width -> half-width), lower case, no whitespace or punctuation."""
-    text = unicodedata.normalize("NFKC", str(text)).lower()
-    return "".join(ch for ch in text if not (ch.isspace() or unicodedata.category(ch).startswith("P")))
 
 
 def value_match(expected: str, prediction: str) -> bool | None:
@@ -471,7 +465,6 @@ def score(cfg: Config, predictions: Path | None = None, models: dict[str, Path] 
 
 
 def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None, scorer: Scorer | None) -> Path:
-    from eval.generate import load_predictions
 
     if models is None:
         if predictions is not None:
@@ -483,7 +476,7 @@ def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None
     loaded = {}
     for label, path in models.items():
         if predictions is None and path.is_file():  # the kit's own file: one cut short by a stop is not scored
-            check_complete(cfg, path, load_predictions(path))
+            check_complete(cfg, path, load_jsonl(path))
         loaded[label] = read_predictions(path)
     counts = {label: sum(r.get("split") not in SPECIFICITY_SPLITS for r in rows) for label, rows in loaded.items()}
     if len(set(counts.values())) > 1:

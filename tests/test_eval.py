@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.generate import generate, load_predictions
+from eval.generate import generate
+from kit.files import load_jsonl
 from eval.merge import merge
 from eval.score import Scorer, markdown, score, score_rows, summarise, value_match
 from kit.config import KitError, build_config
@@ -104,7 +105,7 @@ def test_batched_answers_equal_one_by_one(trained, tiny_model):
 def test_generate_writes_rows_and_resumes(trained, tiny_model, tiny_bert, tmp_path):
     cfg = cfg_for(trained, tiny_model, tiny_bert, use_merged=False, output_dir=str(tmp_path / "ev"))
     out = generate(cfg)
-    rows = load_predictions(out)
+    rows = load_jsonl(out)
     assert len(rows) == len({r["id"] for r in rows}) > 4
     for key in ("question", "answer", "prediction", "raw_prediction", "entity", "attribute", "expected", "split"):
         assert key in rows[0]
@@ -112,7 +113,7 @@ def test_generate_writes_rows_and_resumes(trained, tiny_model, tiny_bert, tmp_pa
     lines = out.read_text(encoding="utf-8").splitlines()
     out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10], encoding="utf-8")
     generate(cfg)
-    again = load_predictions(out)
+    again = load_jsonl(out)
     assert sorted(r["id"] for r in again) == sorted(r["id"] for r in rows)
     assert {r["id"]: r["prediction"] for r in again} == {r["id"]: r["prediction"] for r in rows}
     with pytest.raises(KitError, match=r"no merged export here; run `python -m eval\.merge CONFIG` first"):

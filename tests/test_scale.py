@@ -115,11 +115,12 @@ def test_two_processes_write_once_and_match_one_process(tiny_model, tmp_path):
 
 
 def test_two_processes_answer_every_row_once_in_order(trained_adapter, tmp_path):
-    from eval.generate import eval_rows, load_predictions
+    from eval.generate import eval_rows
+    from kit.files import load_jsonl
 
     cfg, _ = trained_adapter
     p = launch([str(ROOT / "eval" / "generate.py"), str(write_yaml(cfg, tmp_path / "gen.yaml"))], ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
-    got = [r["id"] for r in load_predictions(cfg.eval_dir / "predictions.jsonl")]
+    got = [r["id"] for r in load_jsonl(cfg.eval_dir / "predictions.jsonl")]
     assert got == [r["id"] for r in eval_rows(cfg)]
     assert not list(cfg.eval_dir.glob("*.rank*.jsonl"))
