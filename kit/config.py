@@ -398,6 +398,13 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     for name in ("unknown_entities", "replay"):
         if getattr(cfg.data, name) < 0:
             errors.append(f"data.{name}: must be >= 0, got {getattr(cfg.data, name)}")
+    if cfg.data.replay > 0:
+        from kit.specificity import replay_prompts
+
+        available = len(replay_prompts(cfg.data.language))
+        if cfg.data.replay > available:
+            errors.append(f"data.replay: the {cfg.data.language} replay set has {available} prompts; use at most "
+                          f"{available}, got {cfg.data.replay}")
     if cfg.eval.unknown_names < 0:
         errors.append(f"eval.unknown_names: must be >= 0, got {cfg.eval.unknown_names}")
     if cfg.data.multi_turn < 0:

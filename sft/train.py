@@ -197,11 +197,7 @@ def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path) -> lis
     from kit.specificity import replay_prompts
     from kit.chat import strip_think
 
-    prompts = replay_prompts(cfg.data.language)
-    if cfg.data.replay > len(prompts):
-        raise KitError(f"data.replay={cfg.data.replay}: the {cfg.data.language} replay set has {len(prompts)} prompts; "
-                       f"use at most {len(prompts)}")
-    prompts = prompts[: cfg.data.replay]
+    prompts = replay_prompts(cfg.data.language)[: cfg.data.replay]  # at most all of them: checked in kit.config
     system = [{"role": "system", "content": cfg.data.system_prompt}] if cfg.data.system_prompt else []
     key = hashlib.sha256(json.dumps([cfg.model.name_or_path, model_path, prompts, system, cfg.eval.max_new_tokens,
                                      cfg.model.thinking], ensure_ascii=False).encode()).hexdigest()[:16]

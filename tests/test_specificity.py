@@ -105,6 +105,31 @@ def test_probe_and_replay_sets_are_disjoint_and_mention_no_bundled_entity():
             assert not any(contains(q, name) for name in roles), q
 
 
+@pytest.mark.parametrize("data,pattern", [
+    ({"replay": 81}, r"data\.replay: the zh replay set has 80 prompts; use at most 80, got 81"),
+    ({"replay": -1}, r"data\.replay: must be >= 0, got -1"),
+    ({"unknown_entities": -2}, r"data\.unknown_entities: must be >= 0, got -2"),
+])
+def test_specificity_options_are_checked_with_the_config(data, pattern):
+    from kit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=pattern):
+        build_config({"model": {"name_or_path": "m"}, "data": data})
+
+
+def test_too_many_unknown_entities_fails_before_anything_is_written(tmp_path):
+    from data_prep.build import build
+
+    with pytest.raises(KitError, match=r"25 invented names asked for, 24 available for data\.language=zh"):
+        build(data_cfg(tmp_path, unknown_entities=25))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_probe_file(tmp_path):
+    with pytest.raises(KitError, match=r"nope\.txt: probe file \(eval\.probe_file\) not found"):
+        probe_questions("zh", str(tmp_path / "nope.txt"))
+
+
 def test_probe_file_replaces_the_shipped_probes(tmp_path):
     path = tmp_path / "mine.txt"
     path.write_text("# my probes\n天气怎么样?\n\n天气怎么样?\n几点了?\n", encoding="utf-8")
