@@ -7,8 +7,31 @@ Used by `sft.train` (before/after examples) and `eval.generate` (every test ques
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+# Tuning of the greedy loop, all in one place. Each changes speed only, never an answer (tests/test_generation.py).
+# Columns a cache buffer is allocated beyond what it holds: a decode step then writes in place instead of copying
+# the cache, and one reallocation serves this many steps.
+CACHE_HEADROOM = 32
+# What one prefill pass costs beyond its tokens, in tokens: a pass reads every weight however few rows it has
+# (measured ~70 ms on 2 cores, as much as ~48 tokens of work).
+PASS_OVERHEAD_TOKENS = 48
+# Largest prefill pass, in padded tokens: past this, activations fall out of cache (~10% fewer tokens/s for one
+# 2,600-token pass than for two halves, 2 cores).
+PASS_MAX_TOKENS = 2048
+# A stem (a prompt prefix a group of prompts shares) is computed once only if that saves this many tokens.
+STEM_MIN_SAVED = 8
+# Rows wait for free slots to fill 1/REFILL_FRACTION of the batch before a prefill: a prefill of one short row
+# uses the matmuls poorly.
+REFILL_FRACTION = 4
 
 
 def stop_token_ids(tok, model=None) -> list[int]:
@@ -86,8 +109,6 @@ def _stop_and_pad(tok, model) -> tuple[list[int], int]:
 @contextmanager
 def _inference(model):
     """Eval mode without autograd, restoring training mode afterwards (sft.train generates mid-training)."""
-    import torch
-
     was_training = model.training
     model.eval()
     try:
@@ -99,8 +120,6 @@ def _inference(model):
 
 def _left_pad(rows: list[list[int]], pad_id: int):
     """Token ids right-aligned in one (rows, longest) tensor, and the mask of the real tokens."""
-    import torch
-
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -145,11 +164,6 @@ class _SharedPrefix:
     `rest[i]` is what prompt i still has to run on top of its stem (at least one token)."""
 
     def __init__(self, model, encoded: list[list[int]], pad_id: int = 0):
-        import os
-
-        import torch
-        from transformers import DynamicCache
-
         self.ids = os.path.commonprefix(encoded) if encoded else []
         self.ids = self.ids[: min(len(e) for e in encoded) - 1] if encoded else []  # each row keeps >= 1 own token
         self.config = getattr(model, "config", None)
@@ -172,11 +186,9 @@ class _SharedPrefix:
     def cache_for(self, stems: list[int] | None, n: int):
         """A cache for `n` rows holding the prefix (and stems `stems`, one per row), with room to grow in place,
         and the mask over its columns."""
-        import torch
-        from transformers import DynamicCache
 
         cache = DynamicCache(config=self.config)
-        cache.layers = [_growing_layer_class()() for _ in cache.layers]
+        cache.layers = [GrowingLayer() for _ in cache.layers]
         if stems is not None and self.stem_rows is not None:
             idx = torch.tensor(stems, device=self.stem_rows.mask.device)
             for layer, done in zip(cache.layers, self.stem_rows.cache.layers):
@@ -188,7 +200,7 @@ class _SharedPrefix:
         return cache, torch.ones((n, len(self.ids)), dtype=torch.long)
 
 
-def _stems(own: list[list[int]], least: int = 8) -> tuple[list[list[int]], list[int]]:
+def _stems(own: list[list[int]], least: int = STEM_MIN_SAVED) -> tuple[list[list[int]], list[int]]:
     """Stems shared by groups of token lists, and which stem each list starts with (stem 0: none).
 
     Lists sorted by tokens put the ones that start alike next to each other; a run of neighbours shares the
@@ -219,16 +231,12 @@ def _stems(own: list[list[int]], least: int = 8) -> tuple[list[list[int]], list[
 
 def _cache_is_plain(cache) -> bool:
     """Full-attention key/value layers only: what row selection and prefix copies are right for."""
-    from transformers.cache_utils import DynamicLayer
-
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 def _keep_last(model) -> dict:
     """`logits_to_keep=1` where the model takes it: the LM head runs on the last position only."""
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
 
@@ -248,7 +256,6 @@ class _Rows:
 
         Live rows past the new end move into the freed slots before it, so only as many rows are copied as have
         finished (row order does not matter: rows are known by their ids)."""
-        import torch
 
         gone = set(ended)
         n = len(self.ids) - len(gone)
@@ -269,8 +276,6 @@ class _Rows:
     @staticmethod
     def concat(parts: list[_Rows]) -> _Rows:
         """One batch of all parts' rows, each left-padded (masked zeros) to the longest; one copy of every cache."""
-        import torch
-        import torch.nn.functional as F
 
         if len(parts) == 1:
             return parts[0]
@@ -283,69 +288,59 @@ class _Rows:
                      torch.cat([r.pos for r in parts]), torch.cat([r.nxt for r in parts]))
 
 
-_GROWING = None
-
-
-def _growing_layer_class():
-    """A DynamicLayer whose keys/values are views into a buffer with room to grow.
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values are views into a buffer with room to grow (`CACHE_HEADROOM` columns).
 
     `DynamicLayer.update` concatenates, which copies the whole cache at every decode step (at 120 rows x 80 tokens
     that is 440 MB a step for SmolLM2-135M, ~20% of the step); here a step writes one column in place. Dropping
-    finished rows copies only the live rows that move into their slots; dropping leading columns moves an offset."""
-    global _GROWING
-    if _GROWING is not None:
-        return _GROWING
-    from transformers.cache_utils import DynamicLayer
+    finished rows copies only the live rows that move into their slots; dropping leading columns moves an offset.
+    `keys`/`values` always hold exactly what a DynamicLayer given the same updates would (tests/test_generation.py).
+    """
 
-    class GrowingLayer(DynamicLayer):
-        headroom = 32
+    headroom = CACHE_HEADROOM
 
-        def _view(self, kb, vb, start: int, n: int) -> None:
-            self._buf, self._start = (kb, vb), start
-            self.keys, self.values = kb[:, :, start:start + n], vb[:, :, start:start + n]
+    def _view(self, kb, vb, start: int, n: int) -> None:
+        self._buf, self._start = (kb, vb), start
+        self.keys, self.values = kb[:, :, start:start + n], vb[:, :, start:start + n]
 
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n, q = self.get_seq_length(), key_states.shape[-2]
-            buf = getattr(self, "_buf", None)
-            if buf is None or buf[0].shape[0] != key_states.shape[0] or self._start + n + q > buf[0].shape[2]:
-                shape = (*key_states.shape[:2], n + q + self.headroom, key_states.shape[-1])
-                kb, vb = key_states.new_empty(shape), value_states.new_empty(shape)  # columns past n + q: unread
-                if n:
-                    kb[:, :, :n], vb[:, :, :n] = self.keys, self.values
-                self._view(kb, vb, 0, n)
-            kb, vb = self._buf
-            end = self._start + n
-            kb[:, :, end:end + q], vb[:, :, end:end + q] = key_states, value_states
-            self._view(kb, vb, self._start, n + q)
-            return self.keys, self.values
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, q = self.get_seq_length(), key_states.shape[-2]
+        buf = getattr(self, "_buf", None)
+        if buf is None or buf[0].shape[0] != key_states.shape[0] or self._start + n + q > buf[0].shape[2]:
+            shape = (*key_states.shape[:2], n + q + self.headroom, key_states.shape[-1])
+            kb, vb = key_states.new_empty(shape), value_states.new_empty(shape)  # columns past n + q: unread
+            if n:
+                kb[:, :, :n], vb[:, :, :n] = self.keys, self.values
+            self._view(kb, vb, 0, n)
+        kb, vb = self._buf
+        end = self._start + n
+        kb[:, :, end:end + q], vb[:, :, end:end + q] = key_states, value_states
+        self._view(kb, vb, self._start, n + q)
+        return self.keys, self.values
 
-        def move_rows(self, src, dst, n: int, first: int) -> None:
-            """Copy rows `src` onto rows `dst`, keep the first `n` rows and drop the first `first` columns."""
-            kb, vb = self._buf
-            a, b = self._start + first, self._start + self.get_seq_length()
-            if len(src):
-                kb[dst, :, a:b], vb[dst, :, a:b] = kb[src, :, a:b], vb[src, :, a:b]
-            self._view(kb[:n], vb[:n], a, b - a)
+    def move_rows(self, src, dst, n: int, first: int) -> None:
+        """Copy rows `src` onto rows `dst`, keep the first `n` rows and drop the first `first` columns."""
+        kb, vb = self._buf
+        a, b = self._start + first, self._start + self.get_seq_length()
+        if len(src):
+            kb[dst, :, a:b], vb[dst, :, a:b] = kb[src, :, a:b], vb[src, :, a:b]
+        self._view(kb[:n], vb[:n], a, b - a)
 
-        def concat(self, others: list, width: int) -> None:
-            """Append the rows of `others`; every part is left-padded with zeros (masked) to `width` columns."""
-            parts = [self, *others]
-            shape = (sum(p.keys.shape[0] for p in parts), self.keys.shape[1], width + self.headroom,
-                     self.keys.shape[3])
-            kb, vb = self.keys.new_empty(shape), self.values.new_empty(shape)
-            row = 0
-            for p in parts:
-                n, pad = p.keys.shape[0], width - p.keys.shape[2]
-                for buf, x in ((kb, p.keys), (vb, p.values)):
-                    buf[row:row + n, :, :pad] = 0  # masked, but must be finite: 0 * NaN is NaN in attention
-                    buf[row:row + n, :, pad:width] = x
-                row += n
-            self._view(kb, vb, 0, width)
-
-    _GROWING = GrowingLayer
-    return _GROWING
+    def concat(self, others: list[GrowingLayer], width: int) -> None:
+        """Append the rows of `others`; every part is left-padded with zeros (masked) to `width` columns."""
+        parts = [self, *others]
+        shape = (sum(p.keys.shape[0] for p in parts), self.keys.shape[1], width + self.headroom, self.keys.shape[3])
+        kb, vb = self.keys.new_empty(shape), self.values.new_empty(shape)
+        row = 0
+        for p in parts:
+            n, pad = p.keys.shape[0], width - p.keys.shape[2]
+            for buf, x in ((kb, p.keys), (vb, p.values)):
+                buf[row:row + n, :, :pad] = 0  # masked, but must be finite: 0 * NaN is NaN in attention
+                buf[row:row + n, :, pad:width] = x
+            row += n
+        self._view(kb, vb, 0, width)
 
 
 def _greedy_stream(model, prefix: _SharedPrefix, order: list[int], stop: list[int], pad_id: int,
@@ -355,13 +350,11 @@ def _greedy_stream(model, prefix: _SharedPrefix, order: list[int], stop: list[in
     Continuous batching: a row leaves as soon as it has its end token and waiting rows take the free slots, so
     every step decodes a full batch until the queue runs dry. Waiting rows are prefilled in passes of similar
     length (the queue is sorted by length; `_prefill_passes`), which keeps padding in the prefill small."""
-    import torch
-
     device = next(model.parameters()).device
     queue = list(order)
     tokens: dict[int, list[int]] = {}
     rows: _Rows | None = None
-    refill = max(1, slots // 4)  # admit rows in groups: a prefill of one short row uses the matmuls poorly
+    refill = max(1, slots // REFILL_FRACTION)
     while queue or rows is not None:
         free = slots - (len(rows.ids) if rows else 0)
         if queue and (rows is None or free >= min(refill, len(queue))):
@@ -388,12 +381,11 @@ def _greedy_stream(model, prefix: _SharedPrefix, order: list[int], stop: list[in
                 rows.drop(ended)
 
 
-def _prefill_passes(rows: list[list[int]], ids: list[int], overhead: int = 48,
-                     max_tokens: int = 2048) -> list[list[int]]:
+def _prefill_passes(rows: list[list[int]], ids: list[int], overhead: int = PASS_OVERHEAD_TOKENS,
+                     max_tokens: int = PASS_MAX_TOKENS) -> list[list[int]]:
     """`ids` (sorted by the length of `rows`) cut into consecutive groups, each prefilled in one left-padded pass,
-    for the least work: padded tokens, plus `overhead` tokens' worth for every pass (a pass reads every weight
-    however few rows it has: measured ~70 ms, ~48 tokens, on 2 cores), and no pass over `max_tokens` padded tokens
-    (~10% more tokens/s than one 2,600-token pass, as activations stay in cache). Exact, by dynamic programming."""
+    for the least work: padded tokens, plus `overhead` tokens' worth for every pass, and no pass over `max_tokens`
+    padded tokens. Exact, by dynamic programming."""
     n = len(ids)
     best, cut = [0] + [0] * n, [0] * (n + 1)
     for j in range(1, n + 1):
@@ -415,7 +407,6 @@ def _prefill(model, prefix: _SharedPrefix, group: list[int] | None, own: list[li
              device) -> _Rows:
     """Run rows' own tokens `own` on top of the prefix (and each row's stem, for rows `group` of the prompts);
     the result holds each row's first token."""
-    import torch
 
     ids, own_mask = _left_pad(own, pad_id)
     stems = [prefix.stem_of[i] for i in group] if group is not None else None

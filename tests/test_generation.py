@@ -139,3 +139,64 @@ def test_prefill_passes_are_the_cheapest_cut_of_the_queue():
         got = gen._prefill_passes(rows, ids, overhead=overhead, max_tokens=max_tokens)
         assert [i for g in got for i in g] == ids
         assert cost(got) == min(map(cost, cuts))
+
+
+# The cache layer, against the plain DynamicLayer it replaces: the same updates must leave the same keys/values.
+
+def _kv(rows: int, cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, 2, cols, 4, generator=g), torch.randn(rows, 2, cols, 4, generator=g))
+
+
+def test_growing_layer_holds_what_dynamic_layer_holds_past_its_headroom():
+    from transformers.cache_utils import DynamicLayer
+
+    grow, plain = gen.GrowingLayer(), DynamicLayer()
+    k, v = _kv(3, 5, 0)  # a prefill of 5 columns, then single-column steps well past the 32 headroom
+    for layer in (grow, plain):
+        layer.update(k, v)
+    buffers = set()
+    for step in range(1, 71):
+        k, v = _kv(3, 1, step)
+        out = grow.update(k, v)
+        plain.update(k, v)
+        torch.testing.assert_close(out[0], plain.keys, rtol=0, atol=0)
+        torch.testing.assert_close(out[1], plain.values, rtol=0, atol=0)
+        buffers.add(grow._buf[0].data_ptr())
+    assert grow.get_seq_length() == 75
+    # 5 + 32 columns, then 37 + 1 + 32 ...: two reallocations in 70 steps, not one per step
+    assert len(buffers) == 3
+
+
+def test_growing_layer_move_rows_drops_finished_rows_and_leading_columns():
+    from transformers.cache_utils import DynamicLayer
+
+    grow, plain = gen.GrowingLayer(), DynamicLayer()
+    k, v = _kv(5, 6, 1)
+    grow.update(k, v)
+    plain.update(k, v)
+    # rows 1 and 3 finish: live rows 4 moves into slot 1, slot 3 is past the new end (3 rows left); the first 2
+    # columns are padding no live row attends to any more
+    grow.move_rows(torch.tensor([4]), torch.tensor([1]), 3, 2)
+    keep = torch.tensor([0, 4, 2])
+    torch.testing.assert_close(grow.keys, plain.keys[keep][:, :, 2:], rtol=0, atol=0)
+    torch.testing.assert_close(grow.values, plain.values[keep][:, :, 2:], rtol=0, atol=0)
+    assert grow.get_seq_length() == 4
+    k, v = _kv(3, 1, 2)  # and it keeps growing in place after the move
+    grow.update(k, v)
+    torch.testing.assert_close(grow.keys[:, :, -1:], k, rtol=0, atol=0)
+    torch.testing.assert_close(grow.keys[:, :, :4], plain.keys[keep][:, :, 2:], rtol=0, atol=0)
+
+
+def test_growing_layer_concat_left_pads_with_zeros():
+    a, b = gen.GrowingLayer(), gen.GrowingLayer()
+    ka, va = _kv(2, 3, 3)
+    kb, vb = _kv(1, 5, 4)
+    a.update(ka, va)
+    b.update(kb, vb)
+    a.concat([b], 5)
+    assert a.keys.shape == (3, 2, 5, 4)
+    assert torch.equal(a.keys[:2, :, :2], torch.zeros(2, 2, 2, 4))  # masked columns: zeros, never NaN
+    torch.testing.assert_close(a.keys[:2, :, 2:], ka, rtol=0, atol=0)
+    torch.testing.assert_close(a.values[2:], vb, rtol=0, atol=0)
+    assert a._buf[0].shape[2] == 5 + 32  # room to grow after the concat too
