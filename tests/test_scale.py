@@ -39,17 +39,18 @@ def test_vllm_missing_is_a_clear_error(tiny_model, tmp_path):
 
 def test_vllm_plan_matches_the_hf_path(trained_adapter):
     from eval.generate import vllm_plan
-    from kit.generation import stop_token_ids
     from kit.models import load_tokenizer
-    from kit.chat import generation_prompt
 
     cfg, rows = trained_adapter
     tok = load_tokenizer(str(cfg.adapter_dir))
     plan = vllm_plan(cfg, tok, rows, str(cfg.adapter_dir))
-    first = tok(generation_prompt(tok, rows[0]["messages"][:-1]), add_special_tokens=False)["input_ids"]
-    assert plan["prompt_token_ids"][0] == first
-    assert plan["sampling"]["temperature"] == 0.0 and plan["sampling"]["max_tokens"] == cfg.eval.max_new_tokens
-    assert plan["sampling"]["stop_token_ids"] == stop_token_ids(tok)
+    # The prompt as SmolLM2's template writes it (its default system prompt included), written out here.
+    question = rows[0]["messages"][0]["content"]
+    assert tok.decode(plan["prompt_token_ids"][0]) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+    assert plan["sampling"]["temperature"] == 0.0 and plan["sampling"]["max_tokens"] == 6
+    assert plan["sampling"]["stop_token_ids"] == [2, 0]  # SmolLM2: <|im_end|> (eos, end of turn), <|endoftext|>
     assert plan["enable_lora"] and plan["max_lora_rank"] == 8  # adapter r=4 -> vLLM's smallest rank that fits
 
 
@@ -115,12 +116,16 @@ def test_two_processes_write_once_and_match_one_process(tiny_model, tmp_path):
 
 
 def test_two_processes_answer_every_row_once_in_order(trained_adapter, tmp_path):
-    from eval.generate import eval_rows
     from kit.files import load_jsonl
 
     cfg, _ = trained_adapter
     p = launch([str(ROOT / "eval" / "generate.py"), str(write_yaml(cfg, tmp_path / "gen.yaml"))], ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
-    got = [r["id"] for r in load_jsonl(cfg.eval_dir / "predictions.jsonl")]
-    assert got == [r["id"] for r in eval_rows(cfg)]
+    got = list(load_jsonl(cfg.eval_dir / "predictions.jsonl"))
+    # 2 people x 2 attributes: 4 train phrasings each (16 rows), the 3 held-out ones (12); then the kit's 100
+    # everyday probes and 8 invented people (eval.unknown_names) x 2 attributes (16) for specificity.
+    assert [r["split"] for r in got] == ["train"] * 16 + ["test"] * 12 + ["probe"] * 100 + ["unknown"] * 16
+    data = [r["id"] for split in ("train", "test") for r in load_jsonl(cfg.data_dir / f"{split}.jsonl")]
+    assert [r["id"] for r in got[:28]] == data
+    assert len({r["id"] for r in got}) == 144
     assert not list(cfg.eval_dir.glob("*.rank*.jsonl"))
