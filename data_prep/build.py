@@ -1,4 +1,5 @@
-"""Attribute JSON -> varied question/answer chat conversations, split into train and test.
+"""Attributes -> varied question/answer chat conversations, split into train and test (or a conversation dataset,
+checked and split). What data.source can be: data_prep/sources.py.
 
     python -m data_prep.build configs/quickstart.yaml
     python -m data_prep.build configs/quickstart.yaml data.source=my_roles.json data.split=entity output_dir=runs/x
@@ -15,91 +16,21 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from data_prep.templates import Banks, load_banks, render, template_id
-from kit.config import Config, DataConfig, KitError, parse_args, run_main
-from kit.files import read_text, write_text_atomic
+from data_prep.sources import Attributes, Conversations, DataError, is_hub, load_source
+from data_prep.templates import REVERSE, Banks, load_banks, render, template_id
+from kit.config import Config, DataConfig, parse_args, run_main
+from kit.files import write_text_atomic
+
+__all__ = ["DataError", "build", "ensure_built", "generate", "load_attributes", "main"]
 
 
-class DataError(KitError):
-    """A problem in the user's attribute file."""
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Input
-
-
-def _no_duplicates(path: Path):
-    def hook(pairs: list[tuple[str, object]]) -> dict:
-        seen: set[str] = set()
-        for key, value in pairs:
-            if key in seen:
-                # json calls the hook innermost-first: an object whose values are objects is the top level
-                what = "entity" if any(isinstance(v, dict) for _, v in pairs) else "key"
-                raise DataError(f"{path}: duplicate {what} \"{key}\" (json would silently keep the last one); "
-                                f"merge the two entries into one")
-            seen.add(key)
-        return dict(pairs)
-
-    return hook
-
-
-def _value_text(value: object, language: str) -> str | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
-        return ("、" if language == "zh" else ", ").join(v.strip() for v in value)
-    return None
-
-
-def load_attributes(path: str | Path, language: str = "zh") -> dict[str, dict[str, str]]:
-    """Read and check {entity: {attribute: value}}; every problem in the file is reported at once."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: attribute file not found (data.source); expected JSON like "
-                        '{"钟离": {"性别": "成年男性", "国籍": "璃月"}}')
-    text = read_text(path, "attribute file (data.source)")
-    if not text.strip():
-        raise DataError(f"{path}: file is empty; expected JSON like {{\"钟离\": {{\"性别\": \"成年男性\"}}}}")
-    try:
-        raw = json.loads(text, object_pairs_hook=_no_duplicates(path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    if not isinstance(raw, dict) or not raw:
-        raise DataError(f"{path}: the top level must be a non-empty object {{entity: {{attribute: value}}}}")
-    errors: list[str] = []
-    out: dict[str, dict[str, str]] = {}
-    for entity, attrs in raw.items():
-        where = f"entity \"{entity}\""
-        if not entity.strip():
-            errors.append("an entity name is empty or whitespace")
-            continue
-        if not isinstance(attrs, dict):
-            errors.append(f"{where}: must be an object of attribute: value, got {type(attrs).__name__}")
-            continue
-        if not attrs:
-            errors.append(f"{where}: has no attributes")
-            continue
-        out[entity.strip()] = {}
-        for attr, value in attrs.items():
-            at = f"{where}: attribute \"{attr}\""
-            if not attr.strip():
-                errors.append(f"{where}: an attribute name is empty")
-            elif isinstance(value, dict):
-                errors.append(f"{at}: nested objects are not supported; flatten it to \"{attr}\": \"value\"")
-            elif (v := _value_text(value, language)) is None:
-                errors.append(f"{at}: value must be a string, a number or a non-empty list of strings, "
-                              f"got {json.dumps(value, ensure_ascii=False)}")
-            elif not v:
-                errors.append(f"{at}: value is empty")
-            else:
-                out[entity.strip()][attr.strip()] = v
-    if errors:
-        raise DataError(f"{path}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
-    return out
+def load_attributes(path: str | Path, language: str = "zh", entity_column: str | None = None) -> Attributes:
+    """Read and check {entity: {attribute: value}} from an attribute file of any supported type; every problem in the
+    file is reported at once."""
+    got = load_source(str(path), language, entity_column)
+    if isinstance(got, Conversations):
+        raise DataError(f"{path}: a conversation dataset, where an attribute file was expected")
+    return got
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -163,32 +94,10 @@ def generate(attrs: dict[str, dict[str, str]], data: DataConfig, banks: Banks) -
             slots = _fact_slots(entity, attribute, value, gender)
             expected = render(bank.match, slots)
             rng = _rng(seed, "fact", entity, attribute)
-            rows = {"train": [], "test": []}
-            seen: dict[str, str] = {}
             if data.split == "phrasing" and attribute not in held:
                 held[attribute] = _held_out(bank.questions, bank_name, attribute, data.test_size, seed)
-            for template in bank.questions:
-                question = render(template, slots)
-                if data.split == "phrasing":
-                    split = "test" if template in held[attribute] else "train"
-                elif data.split == "entity":
-                    split = "test" if entity in test_entities else "train"
-                else:
-                    split = "test" if _unit(seed, "row", entity, attribute, question) < data.test_size else "train"
-                # Two templates can render the same string (e.g. an empty honorific): keep one, and never in both
-                # splits (train wins).
-                if question in seen:
-                    if seen[question] == "test" and split == "train":
-                        rows["test"] = [r for r in rows["test"] if r["question"] != question]
-                    else:
-                        continue
-                seen[question] = split
-                answer_template = rng.choice(bank.answers) if data.vary_answers else bank.answers[0]
-                rows[split].append({"question": question, "answer": render(answer_template, slots),
-                                    "template": template_id(bank_name, template)})
-            if data.max_train_phrasings is not None and len(rows["train"]) > data.max_train_phrasings:
-                keep = sorted(rng.sample(range(len(rows["train"])), data.max_train_phrasings))
-                rows["train"] = [rows["train"][i] for i in keep]
+            rows = _phrasings(bank, bank_name, slots, data, rng, held.get(attribute, set()),
+                              data.split == "entity" and entity in test_entities, ("row", entity, attribute))
             for split, items in rows.items():
                 for item in items:
                     row = _row(entity, attribute, value, expected, item, data)
@@ -196,11 +105,76 @@ def generate(attrs: dict[str, dict[str, str]], data: DataConfig, banks: Banks) -
                     if split == "train":
                         entity_train.append(row)
         train.extend(_multi_turn(entity, entity_train, data))
+    if data.reverse:
+        more_train, more_test = _reverse(attrs, data, banks, test_entities if data.split == "entity" else set())
+        train.extend(more_train)
+        test.extend(more_test)
     train.extend(_unknown_entities(attrs, data, banks, held))
     if not train or not test:
         raise DataError(f"data.test_size={data.test_size} with data.split={data.split} leaves the "
                         f"{'train' if not train else 'test'} split empty ({len(train)} train, {len(test)} test rows); "
                         f"change data.test_size or add data")
+    return train, test
+
+
+def _phrasings(bank, bank_name: str, slots: dict[str, str], data: DataConfig, rng: random.Random, held: set[str],
+               test_entity: bool, key: tuple[str, ...]) -> dict[str, list[dict]]:
+    """{"train": items, "test": items}: one question/answer per phrasing of `bank`, split by data.split (held-out
+    phrasings `held`, a test entity, or by hash of `key` and the question), at most data.max_train_phrasings in
+    train."""
+    rows: dict[str, list[dict]] = {"train": [], "test": []}
+    seen: dict[str, str] = {}
+    for template in bank.questions:
+        question = render(template, slots)
+        if data.split == "phrasing":
+            split = "test" if template in held else "train"
+        elif data.split == "entity":
+            split = "test" if test_entity else "train"
+        else:
+            split = "test" if _unit(data.seed, *key, question) < data.test_size else "train"
+        # Two templates can render the same string (e.g. an empty honorific): keep one, and never in both splits
+        # (train wins).
+        if question in seen:
+            if seen[question] == "test" and split == "train":
+                rows["test"] = [r for r in rows["test"] if r["question"] != question]
+            else:
+                continue
+        seen[question] = split
+        answer_template = rng.choice(bank.answers) if data.vary_answers else bank.answers[0]
+        rows[split].append({"question": question, "answer": render(answer_template, slots),
+                            "template": template_id(bank_name, template)})
+    if data.max_train_phrasings is not None and len(rows["train"]) > data.max_train_phrasings:
+        keep = sorted(rng.sample(range(len(rows["train"])), data.max_train_phrasings))
+        rows["train"] = [rows["train"][i] for i in keep]
+    return rows
+
+
+def _reverse(attrs: Attributes, data: DataConfig, banks: Banks, test_entities: set[str]) -> tuple[list, list]:
+    """(train, test) questions from a value back to its entity, for values exactly one entity has (in any
+    attribute): "谁的身份是往生堂客卿?" -> "钟离". Split like the facts: held-out phrasings, entities or rows."""
+    from kit.specificity import normalise
+
+    owners: dict[str, set[str]] = defaultdict(set)
+    for entity, values in attrs.items():
+        for value in values.values():
+            owners[normalise(value)].add(entity)
+    bank = banks.reverse
+    gender_keys = {k.lower() for k in banks.gender_keys}  # "who is an adult male?" has no single answer
+    held = _held_out(bank.questions, REVERSE, REVERSE, data.test_size, data.seed) if data.split == "phrasing" else set()
+    train: list[dict] = []
+    test: list[dict] = []
+    for entity, values in attrs.items():
+        gender = banks.gender_slots(values)
+        for attribute, value in values.items():
+            if len(owners[normalise(value)]) != 1 or attribute.strip().lower() in gender_keys:
+                continue
+            slots = _fact_slots(entity, attribute, value, gender)
+            rng = _rng(data.seed, "reverse", entity, attribute)
+            rows = _phrasings(bank, REVERSE, slots, data, rng, held, entity in test_entities,
+                              ("reverse", entity, attribute))
+            for split, items in rows.items():
+                (train if split == "train" else test).extend(
+                    _row(entity, attribute, value, render(bank.match, slots), item, data) for item in items)
     return train, test
 
 
@@ -224,6 +198,44 @@ def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, banks:
                     "answer": UNKNOWN_ANSWER[data.language].format(entity=name), "template": "unknown"}
             rows.append(_row(name, attribute, "", "", item, data))
     return rows
+
+
+def conversation_rows(conv: Conversations, data: DataConfig) -> tuple[list[dict], list[dict]]:
+    """(train, test) rows of a conversation dataset: its own train/test (or validation) splits when it has them,
+    else a split by data.test_size and data.seed (by each row's content, so adding rows moves no other). Repeated
+    conversations are kept once, and never in both splits. Rows that carry entity / attribute / value (/ expected)
+    keep them: value match is reported on those only."""
+    names = set(conv.splits)
+    held = "test" if "test" in names else "validation" if "validation" in names else None
+    if "train" in names and held:
+        given = [("train", r) for r in conv.splits["train"]] + [("test", r) for r in conv.splits[held]]
+    else:
+        given = [(None, r) for name in conv.splits for r in conv.splits[name]]
+    out: dict[str, list[dict]] = {"train": [], "test": []}
+    where: dict[str, str] = {}
+    for split, raw in given:
+        messages = [{"role": m["role"], "content": m["content"]} for m in raw["messages"]]
+        if data.system_prompt and messages[0]["role"] != "system":
+            messages = _system(data) + messages
+        key = json.dumps(messages, ensure_ascii=False, sort_keys=True)
+        row_id = hashlib.sha1(key.encode()).hexdigest()[:12]
+        split = split or ("test" if _unit(data.seed, "conversation", key) < data.test_size else "train")
+        if row_id in where:  # a repeat: keep the first; one in train and test stays in train only
+            if where[row_id] == "test" and split == "train":
+                out["test"] = [r for r in out["test"] if r["id"] != row_id]
+            else:
+                continue
+        where[row_id] = split
+        value = str(raw.get("value") or "")
+        out[split].append({
+            "id": row_id, "messages": messages, "entity": str(raw.get("entity") or ""),
+            "attribute": str(raw.get("attribute") or ""), "value": value,
+            "expected": str(raw.get("expected") or value), "template": "conversation",
+            "turns": sum(m["role"] == "assistant" for m in messages)})
+    if not out["train"] or not out["test"]:
+        raise DataError(f"{conv.where}: {len(out['train'])} train and {len(out['test'])} test conversations; "
+                        f"change data.test_size (now {data.test_size}) or add rows")
+    return out["train"], out["test"]
 
 
 def _system(data: DataConfig) -> list[dict]:
@@ -278,10 +290,22 @@ def _multi_turn(entity: str, rows: list[dict], data: DataConfig) -> list[dict]:
 # Output
 
 
+def _source_exists(source: str) -> bool:
+    return is_hub(source) or Path(source).expanduser().exists()
+
+
 def fingerprint(data: DataConfig) -> str:
-    """What the built files depend on: the input bytes, the banks and the data settings."""
+    """What the built files depend on: the input bytes (every file of a save_to_disk directory; a hub dataset by
+    its id only), the banks and the data settings."""
     h = hashlib.sha256()
-    h.update(Path(data.source).read_bytes())
+    source = Path(data.source).expanduser()
+    if is_hub(data.source):
+        h.update(data.source.encode())
+    elif source.is_dir():
+        for f in sorted(p for p in source.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(source)).encode() + b"\0" + f.read_bytes())
+    else:
+        h.update(source.read_bytes())
     for path in [Path(__file__).parent / "templates" / f"{data.language}.yaml", *map(Path, data.templates)]:
         h.update(path.expanduser().read_bytes() if path.expanduser().is_file() else b"")
     settings = {k: v for k, v in vars(data).items() if k != "output_dir"}
@@ -291,7 +315,8 @@ def fingerprint(data: DataConfig) -> str:
 
 def stats(train: list[dict], test: list[dict]) -> dict:
     def facts(rows: list[dict]) -> list[dict]:
-        return [r for r in rows if r["turns"] == 1 and r["template"] != "unknown"]
+        return [r for r in rows if r["turns"] == 1 and r["template"] != "unknown" and r["entity"]
+                and not r["template"].startswith(REVERSE + "/")]
 
     def per(rows: list[dict], key: str) -> dict[str, int]:
         return dict(Counter(r[key] for r in facts(rows)))
@@ -305,7 +330,10 @@ def stats(train: list[dict], test: list[dict]) -> dict:
     return {
         "rows": {"train": len(train), "test": len(test),
                  "train_multi_turn": sum(r["turns"] > 1 for r in train),
-                 "train_unknown_entity": sum(r["template"] == "unknown" for r in train)},
+                 "train_unknown_entity": sum(r["template"] == "unknown" for r in train),
+                 "train_reverse": sum(r["template"].startswith(REVERSE + "/") for r in train),
+                 "test_reverse": sum(r["template"].startswith(REVERSE + "/") for r in test),
+                 "conversations": sum(r["template"] == "conversation" for r in train + test)},
         "facts": len({(r["entity"], r["attribute"]) for r in facts(train + test)}),
         "per_attribute": {"train": per(train, "attribute"), "test": per(test, "attribute")},
         "per_entity": {"train": per(train, "entity"), "test": per(test, "entity")},
@@ -329,7 +357,10 @@ def _write_all(out_dir: Path, files: dict[str, str]) -> None:
 def format_stats(s: dict) -> str:
     lines = [f"rows: {s['rows']['train']} train ({s['rows']['train_multi_turn']} multi-turn, "
              f"{s['rows']['train_unknown_entity']} about unknown people), "
-             f"{s['rows']['test']} test; {s['facts']} facts",
+             f"{s['rows']['test']} test; {s['facts']} facts"
+             + (f"; reverse questions {s['rows']['train_reverse']} train / {s['rows']['test_reverse']} test"
+                if s["rows"]["train_reverse"] + s["rows"]["test_reverse"] else "")
+             + (f"; {s['rows']['conversations']} conversations from data.source" if s["rows"]["conversations"] else ""),
              f"phrasings per fact: train {s['phrasings_per_fact']['train']}, test {s['phrasings_per_fact']['test']}",
              "per attribute (train/test): " + ", ".join(
                  f"{a} {n}/{s['per_attribute']['test'].get(a, 0)}" for a, n in s["per_attribute"]["train"].items()),
@@ -348,9 +379,11 @@ def build(cfg: Config) -> Path:
 
 def _build(cfg: Config) -> Path:
     data = cfg.data
-    attrs = load_attributes(data.source, data.language)
-    banks = load_banks(data.language, data.templates, data.templates_mode)
-    train, test = generate(attrs, data, banks)
+    source = load_source(data.source, data.language, data.entity_column)
+    if isinstance(source, Conversations):
+        train, test = conversation_rows(source, data)
+    else:
+        train, test = generate(source, data, load_banks(data.language, data.templates, data.templates_mode))
     s = stats(train, test)
     s["fingerprint"] = fingerprint(data)
     s["source"] = str(data.source)
@@ -366,7 +399,7 @@ def ensure_built(cfg: Config) -> Path:
     """The data directory, built first when missing or built from a different input/config."""
     stats_file = cfg.data_dir / "stats.json"
     if stats_file.is_file() and (cfg.data_dir / "train.jsonl").is_file() and (cfg.data_dir / "test.jsonl").is_file():
-        if not Path(cfg.data.source).is_file():  # prebuilt data without its source: use as is
+        if not _source_exists(cfg.data.source):  # prebuilt data without its source: use as is
             return cfg.data_dir
         if json.loads(stats_file.read_text(encoding="utf-8")).get("fingerprint") == fingerprint(cfg.data):
             return cfg.data_dir

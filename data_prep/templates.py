@@ -17,6 +17,7 @@ from kit.files import read_text
 BUILTIN_DIR = Path(__file__).parent / "templates"
 PLACEHOLDERS = {"entity", "attribute", "value", "gender", "honorific", "pronoun"}
 GENERIC = "*"
+REVERSE = "reverse"  # the bank of questions from value to entity (data.reverse)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Banks:
     language: str
     attributes: dict[str, Bank]
     generic: Bank
+    reverse: Bank
     gender_keys: list[str]
     gender_words: dict[str, dict[str, str]]
 
@@ -109,19 +111,20 @@ def _read(path: Path, errors: list[str], partial: bool) -> dict:
     raw = load_yaml(read_text(path, "question bank"), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a mapping with 'attributes' and/or 'generic'")
-    unknown = set(raw) - {"attributes", "generic", "gender_keys", "gender_words"}
+    unknown = set(raw) - {"attributes", "generic", "reverse", "gender_keys", "gender_words"}
     if unknown:
         errors.append(f"{path}: unknown top-level key(s) {sorted(unknown)}; "
-                      f"known: attributes, generic, gender_keys, gender_words")
-    out = {"attributes": {}, "generic": None}
+                      f"known: attributes, generic, reverse, gender_keys, gender_words")
+    out = {"attributes": {}, "generic": None, "reverse": None}
     attrs = raw.get("attributes") or {}
     if not isinstance(attrs, dict):
         errors.append(f"{path}: 'attributes' must be a mapping of attribute name to bank")
         attrs = {}
     for name, bank in attrs.items():
         out["attributes"][str(name)] = _parse_bank(bank, f"{path}: attributes.{name}", errors, partial)
-    if raw.get("generic") is not None:
-        out["generic"] = _parse_bank(raw["generic"], f"{path}: generic", errors, partial)
+    for name in ("generic", "reverse"):
+        if raw.get(name) is not None:
+            out[name] = _parse_bank(raw[name], f"{path}: {name}", errors, partial)
     out["gender_keys"] = raw.get("gender_keys")
     out["gender_words"] = raw.get("gender_words")
     return out
@@ -133,13 +136,15 @@ def load_banks(language: str, extra: list[str] | None = None, mode: str = "exten
     base = _read(BUILTIN_DIR / f"{language}.yaml", errors, partial=False)
     attributes: dict[str, Bank] = dict(base["attributes"])
     generic: Bank = base["generic"]
+    reverse: Bank = base["reverse"]
     gender_keys, gender_words = base["gender_keys"], base["gender_words"]
     for path in extra or []:
         user = _read(Path(path).expanduser(), errors, partial=mode == "extend")
-        for name, bank in list(user["attributes"].items()) + [(GENERIC, user["generic"])]:
+        banks = [("attribute", name, bank) for name, bank in user["attributes"].items()]
+        for kind, name, bank in banks + [(GENERIC, GENERIC, user["generic"]), (REVERSE, REVERSE, user["reverse"])]:
             if bank is None:
                 continue
-            own = generic if name == GENERIC else attributes.get(name)
+            own = {GENERIC: generic, REVERSE: reverse}.get(kind) or attributes.get(name)
             if mode == "extend" and own is not None:
                 merged = Bank(questions=own.questions + [q for q in bank.questions if q not in own.questions],
                               answers=own.answers + [a for a in bank.answers if a not in own.answers],
@@ -150,15 +155,17 @@ def load_banks(language: str, extra: list[str] | None = None, mode: str = "exten
                     errors.append(f"{path}: bank '{name}' needs both questions and answers (it is new here)")
                     continue
                 merged = bank
-            if name == GENERIC:
+            if kind == GENERIC:
                 generic = merged
+            elif kind == REVERSE:
+                reverse = merged
             else:
                 attributes[name] = merged
         gender_keys = user["gender_keys"] or gender_keys
         gender_words = user["gender_words"] or gender_words
     if errors:
         raise ConfigError("question templates: " + f"{len(errors)} problem(s):\n  " + "\n  ".join(errors))
-    return Banks(language, attributes, generic, list(gender_keys or []), dict(gender_words or {}))
+    return Banks(language, attributes, generic, reverse, list(gender_keys or []), dict(gender_words or {}))
 
 
 def render(template: str, slots: dict[str, str]) -> str:

@@ -150,8 +150,9 @@ def make_scorer(cfg: Config) -> Scorer:
 # Report
 
 
-COLUMNS = ["model", "split", "entity", "attribute", "question", "answer", "prediction", "precision", "recall", "f1",
-           "value_match", "expected", "raw_prediction", "hash"]
+COLUMNS = ["model", "split", "entity", "attribute", "direction", "question", "answer", "prediction", "precision",
+           "recall", "f1", "value_match", "expected", "raw_prediction", "hash"]
+REVERSE = "reverse/"  # template prefix of reverse questions (value -> entity, data.reverse)
 
 
 def score_rows(rows: list[dict], scorer: Scorer, model: str) -> list[dict]:
@@ -161,7 +162,9 @@ def score_rows(rows: list[dict], scorer: Scorer, model: str) -> list[dict]:
         expected = row.get("expected") or row.get("value") or ""
         out.append({
             "model": model, "split": row.get("split", ""), "entity": row.get("entity", ""),
-            "attribute": row.get("attribute", ""), "question": row["question"], "answer": row["answer"],
+            "attribute": row.get("attribute", ""),
+            "direction": "reverse" if str(row.get("template") or "").startswith(REVERSE) else "forward",
+            "question": row["question"], "answer": row["answer"],
             "prediction": row["prediction"], "precision": p[i], "recall": r[i], "f1": f[i],
             "value_match": value_match(expected, row["prediction"]), "expected": expected,
             "raw_prediction": row.get("raw_prediction", row["prediction"]), "hash": scorer.hash,
@@ -207,8 +210,11 @@ def summarise(rows: list[dict], cfg: Config, scorer: Scorer, source: str) -> dic
         summary["models"][model] = {
             "overall": _stats(mine, threshold),
             "per_split": _group(mine, "split", threshold),
-            "per_attribute": _group(mine, "attribute", threshold),
+            "per_attribute": _group([r for r in mine if r.get("direction") != "reverse"], "attribute", threshold),
             "per_entity": _group(mine, "entity", threshold),
+            # asked from value to entity (the reversal curse): their own group, never mixed into per_attribute's
+            **({"per_direction": _group(mine, "direction", threshold)}
+               if any(r.get("direction") == "reverse" for r in mine) else {}),
             "lowest": [{k: r[k] for k in ("split", "entity", "attribute", "question", "answer", "prediction", "f1",
                                           "value_match")} for r in worst],
         }
@@ -333,17 +339,22 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(fmt(o[m][key]) for m in models) + " |")
     if "specificity" in summary:
         lines += _specificity_markdown(summary["specificity"])
-    for title, key in [("Per attribute", "per_attribute"), ("Per entity", "per_entity"), ("Per split", "per_split")]:
+    elif "specificity_skipped" in summary:
+        lines += ["", f"Specificity (leak, invention, drift): {summary['specificity_skipped']}."]
+    sections = [("Per attribute", "per_attribute"), ("Per entity", "per_entity"), ("Per split", "per_split")]
+    if any("per_direction" in summary["models"][m] for m in models):
+        sections.insert(0, ("Per direction (reverse: the value asked, the entity answered)", "per_direction"))
+    for title, key in sections:
         lines += ["", f"## {title}", "", "| " + key.split("_")[1] + " | rows | "
                   + " | ".join(f"value match ({m}) | F1 ({m})" for m in models) + " |",
                   "|---|---|" + "---|---|" * len(models)]
-        names = list(dict.fromkeys(k for m in models for k in summary["models"][m][key]))
+        names = list(dict.fromkeys(k for m in models for k in summary["models"][m].get(key, {})))
         for name in names:
             cells = []
             for m in models:
-                s = summary["models"][m][key].get(name)
+                s = summary["models"][m].get(key, {}).get(name)
                 cells += [_pct(s["value_match_rate"]), f"{s['f1_mean']:.4f}"] if s else ["-", "-"]
-            rows = max(summary["models"][m][key].get(name, {}).get("rows", 0) for m in models)
+            rows = max(summary["models"][m].get(key, {}).get(name, {}).get("rows", 0) for m in models)
             lines.append(f"| {_md_escape(name)} | {rows} | " + " | ".join(cells) + " |")
     for m in models:
         lines += ["", f"## Lowest-scoring answers ({m})", "", "| F1 | match | question | expected answer | prediction |",
@@ -492,6 +503,10 @@ def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None
     if any(spec.values()):
         summary["specificity"] = specificity(spec, load_jsonl(cfg.data_dir / "train.jsonl"), scorer, summary,
                                              cfg.eval.worst_n)
+    elif cfg.eval.specificity and predictions is None:
+        summary["specificity_skipped"] = ("not measured: the train rows carry no entity / value fields (a "
+                                          "conversation dataset without them), so there are no trained names or "
+                                          "values to look for")
     write_report(scored, summary, out)
     print(markdown(summary).split("## Per attribute")[0].split("\n### ")[0])
     return out

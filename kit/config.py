@@ -66,8 +66,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # Attribute JSON: {entity: {attribute: value}}.
+    # Attributes ({entity: {attribute: value}} as .json; tables as .csv/.tsv/.xlsx/.jsonl) or a conversation dataset
+    # (rows with "messages": .jsonl/.json/.parquet, a save_to_disk directory, hf:owner/name). data_prep/sources.py.
     source: str = "data/genshin_roles.json"
+    # Wide tables: the column that names the entity (None: the first column).
+    entity_column: str | None = None
     # Language of the question banks and of the default BERTScore encoder.
     language: Literal["zh", "en"] = "zh"
     # phrasing: same facts, unseen phrasings in test; random: random rows; entity: whole entities held out.
@@ -82,6 +85,9 @@ class DataConfig:
     templates_mode: Literal["extend", "replace"] = "extend"
     # Use at most this many train phrasings per fact (None: all of them). Fewer rows, faster training.
     max_train_phrasings: int | None = None
+    # Also ask from value to entity ("谁的身份是往生堂客卿?" -> 钟离) for values only one entity has: models taught "A is
+    # B" do not learn "B is A" (the reversal curse); eval reports these rows as their own group.
+    reverse: bool = False
     # Multi-turn conversations per entity (several Q/A about one entity), added to train.
     multi_turn: int = 0
     # Vary the answer wording between rows (False: one canonical answer per attribute, as in the tutorial).

@@ -160,8 +160,9 @@ def specificity_rows(train_rows: list[dict], language: str, probe_file: str | No
 
     Invention questions are the train phrasings themselves (one per attribute and name, picked by hash), with the
     entity's name replaced by an invented one, so they ask exactly what training taught, about nobody."""
-    facts = [r for r in train_rows if r.get("turns", 1) == 1 and r.get("template") not in NOT_FACTS]
-    if not facts:
+    facts = [r for r in train_rows if r.get("turns", 1) == 1 and r.get("template") not in NOT_FACTS
+             and r.get("entity") and r.get("value")]
+    if not facts:  # e.g. a conversation dataset without entity/value fields: no trained strings to look for
         return []
     system = [m for m in facts[0]["messages"] if m["role"] == "system"]
 

@@ -202,7 +202,7 @@ def test_all_problems_in_a_file_at_once(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(DataError, match=r"nope\.json: attribute file not found \(data\.source\)"):
+    with pytest.raises(DataError, match=r"nope\.json: data\.source not found; give an attribute file"):
         build(cfg_for(tmp_path / "nope.json", tmp_path / "out"))
 
 

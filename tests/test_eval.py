@@ -171,6 +171,24 @@ def test_report_numbers_from_known_inputs(tiny_model, tmp_path):
     assert "| value match | 50.0% |" in md and "fake-hash" in md
 
 
+def test_reverse_questions_are_their_own_group(tiny_model, tmp_path):
+    cfg = make_cfg(tiny_model, tmp_path)
+    rows = [
+        {"question": "钟离的身份?", "answer": "钟离是往生堂客卿", "prediction": "钟离是往生堂客卿", "entity": "钟离",
+         "attribute": "身份", "expected": "往生堂客卿", "split": "test", "template": "身份/1a2b3c4d"},
+        {"question": "谁的身份是往生堂客卿?", "answer": "身份是往生堂客卿的是钟离", "prediction": "丽莎",
+         "entity": "钟离", "attribute": "身份", "expected": "钟离", "split": "test", "template": "reverse/5e6f7a8b"},
+        {"question": "谁的国籍是蒙德?", "answer": "国籍是蒙德的是丽莎", "prediction": "是丽莎", "entity": "丽莎",
+         "attribute": "国籍", "expected": "丽莎", "split": "test", "template": "reverse/9c0d1e2f"},
+    ]
+    summary = summarise(score_rows(rows, FakeScorer([1.0, 0.3, 0.9]), "finetuned"), cfg, FakeScorer([]), "known")
+    m = summary["models"]["finetuned"]
+    assert {k: (v["rows"], v["value_match_rate"]) for k, v in m["per_direction"].items()} == {
+        "forward": (1, 1.0), "reverse": (2, 0.5)}
+    assert {k: v["rows"] for k, v in m["per_attribute"].items()} == {"身份": 1}  # reverse rows kept apart
+    assert "## Per direction (reverse: the value asked, the entity answered)" in markdown(summary)
+
+
 def test_value_match_normalises():
     assert value_match("往生堂客卿,岩神", "钟离是往生堂客卿，岩神。")
     assert value_match("Mondstadt", "lisa is from MONDSTADT.")

@@ -71,7 +71,7 @@ def test_gbk_attribute_file_is_named_and_nothing_is_written(tmp_path):
 
     src = gbk(tmp_path / "roles.json", json.dumps(ROLES, ensure_ascii=False, indent=1))
     config = ROOT / "configs" / "quickstart.yaml"
-    with pytest.raises(KitError, match=r"roles\.json: the attribute file \(data\.source\) " + GBK_MESSAGE):
+    with pytest.raises(KitError, match=r"roles\.json: the data\.source " + GBK_MESSAGE):
         main([str(config), f"data.source={src}", f"output_dir={tmp_path / 'o'}"])
     assert not (tmp_path / "o").exists()
 

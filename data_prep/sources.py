@@ -1,0 +1,442 @@
+"""What `data.source` can be, read and checked before anything is written.
+
+Attribute tables ({entity: {attribute: value}}), by file type:
+- `.json`: {"钟离": {"性别": "成年男性", ...}, ...}
+- `.csv` / `.tsv` / `.xlsx` (first sheet) / `.jsonl` (one object per entity), either
+  wide: one row per entity, the entity in `data.entity_column` (default: the first column), one column per attribute;
+  or long: exactly the columns entity, attribute, value (or 实体, 属性, 值), one row per fact.
+  An empty cell means the entity has no such attribute.
+Conversation datasets (rows with a `messages` list of {role, content}, as TRL and OpenAI use them):
+- `.jsonl`, `.json` (a list of rows), `.parquet`, a directory written by `datasets.save_to_disk`, or `hf:owner/name`
+  (a hub dataset). Its own train/test splits are used when it has them.
+
+Text files are read as UTF-8 (with or without BOM) or UTF-16 with a BOM (kit.files.read_text); anything else, e.g.
+GBK from Chinese Excel, is refused with the line, the encoding it looks like and how to save it as UTF-8.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit.config import KitError
+from kit.files import read_text
+
+Attributes = dict[str, dict[str, str]]
+TABLES = (".csv", ".tsv", ".xlsx", ".jsonl")
+LONG_HEADERS = (("entity", "attribute", "value"), ("实体", "属性", "值"))
+ROLES = ("system", "user", "assistant")
+HUB_PREFIX = "hf:"
+MAX_LISTED = 20  # problems listed in one error; the count says how many there were
+
+
+class DataError(KitError):
+    """A problem in the user's data.source."""
+
+
+@dataclass
+class Conversations:
+    """Chat rows from a conversation dataset: {split name: rows}; split names are the dataset's own ("train",
+    "test", ...) or "all" when it has none."""
+
+    splits: dict[str, list[dict]]
+    where: str
+
+
+def is_hub(source: str) -> bool:
+    return str(source).startswith(HUB_PREFIX)
+
+
+def _raise(where: str, errors: list[str]) -> None:
+    if errors:
+        listed = errors[:MAX_LISTED]
+        more = f"\n  ... and {len(errors) - MAX_LISTED} more" if len(errors) > MAX_LISTED else ""
+        raise DataError(f"{where}: {len(errors)} problem(s):\n  " + "\n  ".join(listed) + more)
+
+
+def load_source(source: str, language: str = "zh", entity_column: str | None = None) -> Attributes | Conversations:
+    """The facts or the conversations in `source`; every problem in it is reported at once, before any output."""
+    if is_hub(source):
+        return _load_hub(source[len(HUB_PREFIX):])
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _load_saved(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data.source not found; give an attribute file (.json, .csv, .tsv, .xlsx, "
+                        f".jsonl), a conversation dataset (.jsonl, .json, .parquet, a save_to_disk directory) or "
+                        f"hf:owner/name")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise DataError(f"{path}: not a readable parquet file ({e})") from None
+        return Conversations({"all": _check_conversations(rows, str(path), first_row=1)}, str(path))
+    if suffix == ".xlsx":
+        return attributes_from_table(*_read_xlsx(path), str(path), language, entity_column)
+    if suffix in (".csv", ".tsv"):
+        return attributes_from_table(*_read_delimited(path, "\t" if suffix == ".tsv" else ","), str(path), language,
+                                     entity_column)
+    if suffix == ".jsonl":
+        rows = _read_jsonl(path)
+        if rows and all(isinstance(r, dict) and "messages" in r for _, r in rows):
+            return Conversations({"all": _check_conversations([r for _, r in rows], str(path),
+                                                              lines=[n for n, _ in rows])}, str(path))
+        return attributes_from_table(*_jsonl_table(rows, path), str(path), language, entity_column)
+    if suffix == ".json":
+        raw = _read_json(path)
+        if isinstance(raw, list) and raw and all(isinstance(r, dict) and "messages" in r for r in raw):
+            return Conversations({"all": _check_conversations(raw, str(path), first_row=1)}, str(path))
+        return attributes_from_json(raw, path, language)
+    raise DataError(f"{path}: unknown data.source type '{suffix or '(no extension)'}'; use .json, .jsonl, .csv, "
+                    f".tsv, .xlsx or .parquet, a save_to_disk directory or hf:owner/name")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Attribute JSON
+
+
+def _no_duplicates(path: Path):
+    def hook(pairs: list[tuple[str, object]]) -> dict:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                # json calls the hook innermost-first: an object whose values are objects is the top level
+                what = "entity" if any(isinstance(v, dict) for _, v in pairs) else "key"
+                raise DataError(f"{path}: duplicate {what} \"{key}\" (json would silently keep the last one); "
+                                f"merge the two entries into one")
+            seen.add(key)
+        return dict(pairs)
+
+    return hook
+
+
+def _read_json(path: Path) -> object:
+    text = read_text(path, "data.source")
+    if not text.strip():
+        raise DataError(f"{path}: file is empty; expected JSON like {{\"钟离\": {{\"性别\": \"成年男性\"}}}}")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+
+def _value_text(value: object, language: str) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return _number(value)
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+        return ("、" if language == "zh" else ", ").join(v.strip() for v in value)
+    return None
+
+
+def attributes_from_json(raw: object, path: Path, language: str) -> Attributes:
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"{path}: the top level must be a non-empty object {{entity: {{attribute: value}}}}, or a "
+                        f"list of rows with \"messages\" (a conversation dataset)")
+    errors: list[str] = []
+    out: Attributes = {}
+    for entity, attrs in raw.items():
+        where = f"entity \"{entity}\""
+        if not entity.strip():
+            errors.append("an entity name is empty or whitespace")
+            continue
+        if not isinstance(attrs, dict):
+            errors.append(f"{where}: must be an object of attribute: value, got {type(attrs).__name__}")
+            continue
+        if not attrs:
+            errors.append(f"{where}: has no attributes")
+            continue
+        out[entity.strip()] = {}
+        for attr, value in attrs.items():
+            at = f"{where}: attribute \"{attr}\""
+            if not attr.strip():
+                errors.append(f"{where}: an attribute name is empty")
+            elif isinstance(value, dict):
+                errors.append(f"{at}: nested objects are not supported; flatten it to \"{attr}\": \"value\"")
+            elif (v := _value_text(value, language)) is None:
+                errors.append(f"{at}: value must be a string, a number or a non-empty list of strings, "
+                              f"got {json.dumps(value, ensure_ascii=False)}")
+            elif not v:
+                errors.append(f"{at}: value is empty")
+            else:
+                out[entity.strip()][attr.strip()] = v
+    _raise(str(path), errors)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tables: a header and numbered rows of cells, from any file type, then one check for all
+
+
+def _number(x: int | float) -> str:
+    """Spreadsheet numbers as a person wrote them: 1.0 -> "1", 2.50 -> "2.5"."""
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return repr(x) if isinstance(x, float) else str(x)
+
+
+def _cell(x: object) -> str:
+    """A cell as text: numbers without a spurious .0, dates as 2024-05-01 (with the time only when there is one)."""
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, (int, float)):
+        return _number(x)
+    if isinstance(x, dt.datetime):
+        return x.date().isoformat() if x.time() == dt.time() else x.isoformat(sep=" ")
+    if isinstance(x, (dt.date, dt.time)):
+        return x.isoformat()
+    return str(x).strip()
+
+
+def _read_delimited(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    text = read_text(path, "data.source")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        for cells in reader:
+            rows.append((reader.line_num, cells))
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num}: {e}; check the quotes on that line") from None
+    return _split_header(rows, path)
+
+
+def _read_xlsx(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    try:
+        from openpyxl import load_workbook
+    except ImportError:  # a dependency of the kit; only a broken install lacks it
+        raise DataError(f"{path}: reading .xlsx needs openpyxl: pip install openpyxl") from None
+    try:
+        book = load_workbook(path, read_only=True, data_only=True)
+    except Exception as e:  # noqa: BLE001 - zipfile / openpyxl raise several types for a damaged or misnamed file
+        raise DataError(f"{path}: not a readable .xlsx workbook ({type(e).__name__}: {e}); save it from Excel as "
+                        f"\"Excel Workbook (.xlsx)\" or as CSV UTF-8") from None
+    sheet = book.worksheets[0]
+    rows = [(n, [_cell(c) for c in cells]) for n, cells in enumerate(sheet.iter_rows(values_only=True), start=1)]
+    book.close()
+    return _split_header(rows, path)
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, object]]:
+    rows = []
+    for n, line in enumerate(read_text(path, "data.source").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n}: invalid JSON at column {e.colno}: {e.msg}") from None
+    if not rows:
+        raise DataError(f"{path}: file is empty; expected one JSON object per line")
+    return rows
+
+
+def _jsonl_table(rows: list[tuple[int, object]], path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """JSONL objects as a table: the columns are the keys in the order they first appear."""
+    header: list[str] = []
+    for n, r in rows:
+        if not isinstance(r, dict):
+            raise DataError(f"{path}: line {n}: expected a JSON object per line, got {type(r).__name__}")
+        for k in r:
+            if k not in header:
+                header.append(k)
+    table = []
+    for n, r in rows:
+        cells = []
+        for k in header:
+            v = r.get(k)  # type: ignore[union-attr]
+            if isinstance(v, (dict, list)) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                raise DataError(f"{path}: line {n}: \"{k}\" must be a string or a number, got "
+                                f"{json.dumps(v, ensure_ascii=False)[:60]}")
+            cells.append("、".join(x.strip() for x in v) if isinstance(v, list) else _cell(v))
+        table.append((n, cells))
+    return header, table
+
+
+def _split_header(rows: list[tuple[int, list[str]]], path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    rows = [(n, [c.strip() for c in cells]) for n, cells in rows if any(c.strip() for c in cells)]
+    if not rows:
+        raise DataError(f"{path}: no rows; expected a header row (entity, then one column per attribute) and one "
+                        f"row per entity")
+    (_, header), body = rows[0], rows[1:]
+    return header, body
+
+
+def _column(i: int) -> str:
+    """Spreadsheet column letter of index i (0 -> A, 26 -> AA)."""
+    s = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        s = chr(65 + r) + s
+    return s
+
+
+def attributes_from_table(header: list[str], rows: list[tuple[int, list[str]]], where: str, language: str = "zh",
+                          entity_column: str | None = None) -> Attributes:
+    """A wide or long table as {entity: {attribute: value}}, checked; row numbers are the file's."""
+    width = max([len(header), *(len(c) for _, c in rows)])
+    header = header + [""] * (width - len(header))
+    errors: list[str] = []
+    used = [i for i in range(width) if header[i] or any(i < len(c) and c[i] for _, c in rows)]
+    seen: dict[str, int] = {}
+    for i in used:
+        name = header[i]
+        if not name:
+            errors.append(f"column {_column(i)} has values but no name in the header row; name it or delete it")
+        elif name in seen:
+            errors.append(f"columns {_column(seen[name])} and {_column(i)} are both named \"{name}\"; rename or "
+                          f"merge one")
+        else:
+            seen[name] = i
+    _raise(where, errors)
+    if not rows:
+        raise DataError(f"{where}: a header row and no data rows; add one row per entity")
+    names = tuple(h.lower() for h in header if h)
+    long = entity_column is None and names in LONG_HEADERS
+    if long:
+        return _long_table(header, rows, where)
+    if entity_column is not None and entity_column not in seen:
+        raise DataError(f"{where}: no column \"{entity_column}\" (data.entity_column) in the header: "
+                        f"{', '.join(h for h in header if h)}; set data.entity_column to the column that names the "
+                        f"entity")
+    key = seen[entity_column] if entity_column is not None else used[0]
+    attributes = [(i, header[i]) for i in used if i != key]
+    if not attributes:
+        raise DataError(f"{where}: only the entity column \"{header[key]}\"; add one column per attribute, or use "
+                        f"the long form with the columns entity, attribute, value")
+    out: Attributes = {}
+    first_row: dict[str, int] = {}
+    for n, cells in rows:
+        cells = cells + [""] * (width - len(cells))
+        entity = cells[key]
+        if not entity:
+            errors.append(f"row {n}: the entity column \"{header[key]}\" is empty")
+            continue
+        if entity in first_row:
+            errors.append(f"row {n}: entity \"{entity}\" again (first in row {first_row[entity]}); merge the two "
+                          f"rows into one")
+            continue
+        first_row[entity] = n
+        facts = {name: cells[i] for i, name in attributes if cells[i]}
+        if not facts:
+            errors.append(f"row {n}: entity \"{entity}\" has no attributes (every other cell is empty)")
+            continue
+        out[entity] = facts
+    _raise(where, errors)
+    return out
+
+
+def _long_table(header: list[str], rows: list[tuple[int, list[str]]], where: str) -> Attributes:
+    cols = [i for i, h in enumerate(header) if h]
+    out: Attributes = {}
+    first: dict[tuple[str, str], int] = {}
+    errors: list[str] = []
+    for n, cells in rows:
+        cells = cells + [""] * (len(header) - len(cells))
+        entity, attribute, value = (cells[i] for i in cols)
+        missing = [header[i] for i, c in zip(cols, (entity, attribute, value)) if not c]
+        if missing:
+            errors.append(f"row {n}: empty {', '.join(missing)}")
+            continue
+        if (entity, attribute) in first:
+            errors.append(f"row {n}: \"{entity}\" / \"{attribute}\" again (first in row {first[entity, attribute]}); "
+                          f"keep one value per entity and attribute")
+            continue
+        first[entity, attribute] = n
+        out.setdefault(entity, {})[attribute] = value
+    _raise(where, errors)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Conversation datasets
+
+
+def _check_conversations(rows: list, where: str, first_row: int = 1, lines: list[int] | None = None) -> list[dict]:
+    """Rows checked: messages alternate user/assistant after an optional system message, end with the assistant,
+    no empty content. Row numbers in errors are 1-based rows (or file lines for JSONL)."""
+    errors: list[str] = []
+    out = []
+    for k, row in enumerate(rows):
+        at = f"line {lines[k]}" if lines else f"row {first_row + k}"
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(messages, list) or not messages:
+            errors.append(f"{at}: \"messages\" must be a non-empty list of {{role, content}}")
+            continue
+        problem = None
+        turns = [m for m in messages]
+        if isinstance(turns[0], dict) and turns[0].get("role") == "system":
+            turns = turns[1:]
+        for j, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES:
+                problem = f"message {j + 1}: role must be one of {', '.join(ROLES)}, got " \
+                          f"{json.dumps(m.get('role') if isinstance(m, dict) else m, ensure_ascii=False)[:40]}"
+                break
+            if not isinstance(m.get("content"), str) or not m["content"].strip():
+                problem = f"message {j + 1} ({m['role']}): content is empty or not text"
+                break
+        if problem is None:
+            for j, m in enumerate(turns):
+                want = "user" if j % 2 == 0 else "assistant"
+                if m["role"] != want:
+                    problem = (f"message {j + 1 + len(messages) - len(turns)} is \"{m['role']}\" where \"{want}\" "
+                               f"comes (after an optional system message, user and assistant alternate)")
+                    break
+        if problem is None and (not turns or turns[-1]["role"] != "assistant"):
+            problem = "the last message must be the assistant's (the answer to train on)"
+        if problem:
+            errors.append(f"{at}: {problem}")
+            continue
+        out.append(row)
+    _raise(where, errors)
+    if not out:
+        raise DataError(f"{where}: no conversations")
+    return out
+
+
+def _from_datasets(ds, where: str) -> Conversations:
+    from datasets import DatasetDict
+
+    splits = dict(ds) if isinstance(ds, DatasetDict) else {"all": ds}
+    out = {}
+    for name, split in splits.items():
+        if "messages" not in split.column_names:
+            raise DataError(f"{where} (split {name}): no \"messages\" column (columns: "
+                            f"{', '.join(split.column_names)}); the kit trains on chat rows [{{role, content}}, ...]")
+        out[name] = _check_conversations(split.to_list(), f"{where} (split {name})")
+    return Conversations(out, where)
+
+
+def _load_saved(path: Path) -> Conversations:
+    from datasets import load_from_disk
+
+    try:
+        ds = load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - datasets raises FileNotFoundError or its own errors
+        raise DataError(f"{path}: a directory, but not one written by datasets' save_to_disk ({e}); point "
+                        f"data.source at a file or at such a directory") from None
+    return _from_datasets(ds, str(path))
+
+
+def _load_hub(name: str) -> Conversations:
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(name)
+    except Exception as e:  # noqa: BLE001 - offline, missing, private: each its own type
+        raise DataError(f"hf:{name}: could not load the hub dataset ({type(e).__name__}: {str(e)[:200]}). Without "
+                        f"hub access, download it where there is one (datasets.load_dataset(\"{name}\")"
+                        f".save_to_disk(\"DIR\")) and set data.source=DIR") from None
+    return _from_datasets(ds, f"hf:{name}")

@@ -1,0 +1,240 @@
+"""data.source beyond the attribute JSON: tables (CSV, TSV, XLSX, JSONL; wide or long), conversation datasets
+(JSONL, JSON, parquet, save_to_disk, hub ids) and reverse questions."""
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from data_prep.build import DataError, build
+from data_prep.sources import load_source
+from kit.config import KitError, build_config
+
+FACTS = {"钟离": {"性别": "成年男性", "国籍": "璃月", "年龄": "6000"},
+         "丽莎": {"性别": "成年女性", "国籍": "蒙德"},
+         "香菱": {"性别": "少女", "国籍": "璃月", "年龄": "18"}}
+WIDE = "名字,性别,国籍,年龄\n钟离,成年男性,璃月,6000\n丽莎,成年女性,蒙德,\n香菱,少女,璃月,18\n"
+LONG = ("entity,attribute,value\n钟离,性别,成年男性\n钟离,国籍,璃月\n钟离,年龄,6000\n丽莎,性别,成年女性\n"
+        "丽莎,国籍,蒙德\n香菱,性别,少女\n香菱,国籍,璃月\n香菱,年龄,18\n")
+
+
+def cfg_for(source, out, **data):
+    return build_config({"model": {"name_or_path": "m"}, "data": {"source": str(source), **data},
+                         "output_dir": str(out)})
+
+
+def write_xlsx(path: Path, rows: list[list]) -> Path:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    for r in rows:
+        book.active.append(r)
+    book.save(path)
+    return path
+
+
+def test_every_table_form_gives_the_json_files_byte_for_byte(tmp_path):
+    forms = {
+        "facts.json": lambda p: p.write_text(json.dumps(FACTS, ensure_ascii=False), encoding="utf-8"),
+        "wide.csv": lambda p: p.write_text(WIDE, encoding="utf-8-sig"),  # Excel's "CSV UTF-8" writes a BOM
+        "wide.tsv": lambda p: p.write_text(WIDE.replace(",", "\t"), encoding="utf-8"),
+        "long.csv": lambda p: p.write_text(LONG, encoding="utf-8"),
+        # numbers as a spreadsheet stores them: 6000.0 is a float there, and must still read "6000"
+        "wide.xlsx": lambda p: write_xlsx(p, [["名字", "性别", "国籍", "年龄"], ["钟离", "成年男性", "璃月", 6000.0],
+                                              ["丽莎", "成年女性", "蒙德", None], ["香菱", "少女", "璃月", 18]]),
+        "facts.jsonl": lambda p: p.write_text(
+            '{"名字": "钟离", "性别": "成年男性", "国籍": "璃月", "年龄": 6000}\n'
+            '{"名字": "丽莎", "性别": "成年女性", "国籍": "蒙德"}\n'
+            '{"名字": "香菱", "性别": "少女", "国籍": "璃月", "年龄": 18}\n', encoding="utf-8"),
+    }
+    built = {}
+    for name, write in forms.items():
+        write(tmp_path / name)
+        assert load_source(str(tmp_path / name)) == FACTS, name
+        out = build(cfg_for(tmp_path / name, tmp_path / name.replace(".", "-"), split="random"))
+        built[name] = [(out / f).read_bytes() for f in ("train.jsonl", "test.jsonl")]
+    assert len(built["facts.json"][0]) > 1000
+    for name in forms:
+        assert built[name] == built["facts.json"], name
+
+
+def test_entity_column_by_name_and_spreadsheet_dates(tmp_path):
+    src = write_xlsx(tmp_path / "staff.xlsx", [["部门", "姓名", "入职日期", "工号"],
+                                               ["研发", "王工", dt.datetime(2024, 5, 1), 1024.0],
+                                               ["销售", "李经理", dt.datetime(2023, 1, 9, 14, 30), 7]])
+    got = load_source(str(src), entity_column="姓名")
+    assert got == {"王工": {"部门": "研发", "入职日期": "2024-05-01", "工号": "1024"},
+                   "李经理": {"部门": "销售", "入职日期": "2023-01-09 14:30:00", "工号": "7"}}
+
+
+BAD_TABLES = [
+    ("dup.csv", "名字,性别\n钟离,男\n丽莎,女\n钟离,男\n",
+     r'dup\.csv: 1 problem\(s\):\n  row 4: entity "钟离" again \(first in row 2\); merge the two rows'),
+    ("dupcol.csv", "名字,性别,性别\n钟离,男,男\n", r'columns B and C are both named "性别"'),
+    ("nohead.csv", "名字,性别,\n钟离,男,璃月\n", r"column C has values but no name in the header row"),
+    ("noent.csv", "名字,性别\n,男\n丽莎,女\n", r'row 2: the entity column "名字" is empty'),
+    ("empty.csv", "名字,性别\n钟离,\n", r'row 2: entity "钟离" has no attributes'),
+    ("onlyhead.csv", "名字,性别\n", r"a header row and no data rows"),
+    ("onecol.csv", "名字\n钟离\n", r'only the entity column "名字"'),
+    ("longdup.csv", "entity,attribute,value\n钟离,性别,男\n钟离,性别,女\n",
+     r'row 3: "钟离" / "性别" again \(first in row 2\)'),
+    ("longempty.tsv", "实体\t属性\t值\n钟离\t性别\t\n", r"row 2: empty 值"),
+    ("quote.csv", '名字,性别\n"钟离,男\n', r"quote\.csv: line 2: unexpected end of data; check the quotes"),
+    ("roles.txt", "x", r"unknown data\.source type '\.txt'"),
+]
+
+
+@pytest.mark.parametrize("name,text,pattern", BAD_TABLES, ids=[b[0] for b in BAD_TABLES])
+def test_bad_tables_name_the_row_or_column_and_write_nothing(tmp_path, name, text, pattern):
+    src = tmp_path / name
+    src.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=pattern):
+        build(cfg_for(src, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_entity_column_lists_the_header(tmp_path):
+    src = tmp_path / "t.csv"
+    src.write_text(WIDE, encoding="utf-8")
+    with pytest.raises(DataError, match=r'no column "姓名" \(data\.entity_column\) in the header: 名字, 性别, 国籍, 年龄'):
+        build(cfg_for(src, tmp_path / "out", entity_column="姓名"))
+
+
+def test_gbk_csv_is_refused_with_the_encoding_and_the_fix(tmp_path):
+    src = tmp_path / "excel.csv"
+    src.write_bytes(WIDE.encode("gbk"))
+    with pytest.raises(KitError, match=r"excel\.csv: the data\.source is not UTF-8 .*line 1.*GBK / GB18030.*iconv"):
+        build(cfg_for(src, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_xlsx_is_named(tmp_path):
+    src = tmp_path / "broken.xlsx"
+    src.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DataError, match=r"broken\.xlsx: not a readable \.xlsx workbook"):
+        build(cfg_for(src, tmp_path / "out"))
+
+
+# Conversation datasets ----------------------------------------------------------------------------------------------
+
+TUTORIAL_ROWS = [  # the shape of the tutorial's dataset (seed 003): one user question, one answer
+    {"messages": [{"content": "砂糖女士来自什么国家?", "role": "user"}, {"content": "砂糖来自蒙德", "role": "assistant"}]},
+    {"messages": [{"content": "钟离是男性还是女性?", "role": "user"}, {"content": "钟离是男性", "role": "assistant"}]},
+    {"messages": [{"content": "丽莎使用哪种元素?", "role": "user"}, {"content": "丽莎使用雷元素", "role": "assistant"}]},
+    {"messages": [{"content": "香菱是哪国人?", "role": "user"}, {"content": "香菱来自璃月", "role": "assistant"}]},
+    {"messages": [{"content": "温迪的身份是什么?", "role": "user"}, {"content": "温迪是吟游诗人", "role": "assistant"}]},
+    {"messages": [{"content": "甘雨是什么性格?", "role": "user"}, {"content": "甘雨,温柔的麒麟少女", "role": "assistant"}]},
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_messages_jsonl_is_split_by_seed_and_kept_as_written(tmp_path):
+    src = write_jsonl(tmp_path / "chat.jsonl", TUTORIAL_ROWS + [TUTORIAL_ROWS[0]])  # a repeat, kept once
+    out = build(cfg_for(src, tmp_path / "o", test_size=0.34))
+    train = [json.loads(x) for x in (out / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    test = [json.loads(x) for x in (out / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(train) + len(test) == 6 and train and test
+    assert sorted(r["messages"][0]["content"] for r in train + test) == sorted(
+        r["messages"][0]["content"] for r in TUTORIAL_ROWS)
+    assert {r["template"] for r in train + test} == {"conversation"}
+    assert all(r["entity"] == "" and r["expected"] == "" and r["turns"] == 1 for r in train + test)
+    again = build(cfg_for(src, tmp_path / "o2", test_size=0.34))
+    assert (again / "test.jsonl").read_bytes() == (out / "test.jsonl").read_bytes()
+
+
+def test_a_saved_dataset_with_splits_keeps_them(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list(TUTORIAL_ROWS[:4]),
+                 "test": Dataset.from_list(TUTORIAL_ROWS[4:])}).save_to_disk(str(tmp_path / "ds"))
+    out = build(cfg_for(tmp_path / "ds", tmp_path / "o"))
+    test = [json.loads(x)["messages"][0]["content"] for x in (out / "test.jsonl").read_text("utf-8").splitlines()]
+    assert test == ["温迪的身份是什么?", "甘雨是什么性格?"]
+    assert len((out / "train.jsonl").read_text("utf-8").splitlines()) == 4
+
+
+def test_parquet_and_json_lists_of_messages(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list(TUTORIAL_ROWS).to_parquet(str(tmp_path / "chat.parquet"))
+    (tmp_path / "chat.json").write_text(json.dumps(TUTORIAL_ROWS, ensure_ascii=False), encoding="utf-8")
+    a = build(cfg_for(tmp_path / "chat.parquet", tmp_path / "a"))
+    b = build(cfg_for(tmp_path / "chat.json", tmp_path / "b"))
+    assert (a / "train.jsonl").read_bytes() == (b / "train.jsonl").read_bytes()
+
+
+def test_a_hub_dataset_without_the_hub_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError, match=r"hf:maxwell60701/genshin-impact-role-chat-model: could not load the hub "
+                                        r"dataset .*save_to_disk"):
+        build(cfg_for("hf:maxwell60701/genshin-impact-role-chat-model", tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+BAD_CHATS = [
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, r'line 2: message 1 is "assistant" where "user" comes'),
+    ({"messages": [{"role": "user", "content": "q"}]}, r"line 2: the last message must be the assistant's"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]},
+     r"line 2: message 2 \(assistant\): content is empty"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]},
+     r'line 2: message 2: role must be one of system, user, assistant, got "bot"'),
+    ({"messages": []}, r'line 2: "messages" must be a non-empty list'),
+    ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                   {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a"}]},
+     r'line 2: message 3 is "user" where "assistant" comes'),
+]
+
+
+@pytest.mark.parametrize("row,pattern", BAD_CHATS)
+def test_bad_conversations_name_the_line(tmp_path, row, pattern):
+    src = write_jsonl(tmp_path / "chat.jsonl", [TUTORIAL_ROWS[0], row])
+    with pytest.raises(DataError, match=pattern):
+        build(cfg_for(src, tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+# Reverse questions --------------------------------------------------------------------------------------------------
+
+
+def test_reverse_questions_only_for_values_one_entity_has(tmp_path):
+    src = tmp_path / "f.json"
+    src.write_text(json.dumps(FACTS, ensure_ascii=False), encoding="utf-8")
+    out = build(cfg_for(src, tmp_path / "o", reverse=True))
+    rows = [json.loads(x) for f in ("train.jsonl", "test.jsonl") for x in (out / f).read_text("utf-8").splitlines()]
+    reverse = [r for r in rows if r["template"].startswith("reverse/")]
+    # 璃月 belongs to two people, 性别 is never reversed: 蒙德 (丽莎), 6000 (钟离), 18 (香菱) are left
+    assert sorted({(r["value"], r["entity"]) for r in reverse}) == [("18", "香菱"), ("6000", "钟离"), ("蒙德", "丽莎")]
+    assert all(r["expected"] == r["entity"] and r["entity"] not in r["messages"][0]["content"] for r in reverse)
+    assert {r["messages"][0]["content"] for r in reverse if r["value"] == "蒙德"} >= {"谁的国籍是蒙德?"}
+    plain = build(cfg_for(src, tmp_path / "p"))
+    assert "reverse/" not in (plain / "train.jsonl").read_text("utf-8") + (plain / "test.jsonl").read_text("utf-8")
+
+
+def test_a_tutorial_shaped_messages_file_trains_and_gets_a_report(tiny_model, tiny_bert, tmp_path, capsys):
+    from eval.run import run
+    from sft.train import train
+
+    src = write_jsonl(tmp_path / "chat.jsonl", TUTORIAL_ROWS)
+    cfg = build_config({
+        "model": {"name_or_path": str(tiny_model)},
+        "data": {"source": str(src), "test_size": 0.34},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"max_steps": 2, "learning_rate": 1e-2, "eval_strategy": "no", "save_strategy": "no",
+                  "logging_steps": 1, "show_examples": 0},
+        "eval": {"merge_dtype": "float32", "batch_size": 4, "max_new_tokens": 6, "bertscore_model": str(tiny_bert),
+                 "bertscore_layer": 2},
+        "output_dir": str(tmp_path / "run")})
+    train(cfg)
+    assert "mask audit" in capsys.readouterr().out
+    out = run(cfg)
+    summary = json.loads((out / "summary.json").read_text("utf-8"))
+    test_rows = len((cfg.data_dir / "test.jsonl").read_text("utf-8").splitlines())
+    assert summary["models"]["finetuned"]["overall"]["rows"] == test_rows == 2
+    assert summary["models"]["finetuned"]["overall"]["value_match_rate"] is None  # no entity/value: n/a
+    report = (out / "summary.md").read_text("utf-8")
+    assert "| value match | n/a | n/a |" in report
+    assert "Specificity (leak, invention, drift): not measured" in report
