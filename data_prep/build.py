@@ -382,6 +382,10 @@ def _build(cfg: Config) -> Path:
     source = load_source(data.source, data.language, data.entity_column)
     if isinstance(source, Conversations):
         train, test = conversation_rows(source, data)
+        skipped = [k for k in ("unknown_entities", "multi_turn", "reverse") if getattr(data, k)]
+        if skipped:  # they are built from attributes, which a conversation dataset does not have
+            print(f"note: {', '.join('data.' + k for k in skipped)} ignored: {data.source} is a conversation "
+                  f"dataset, and these rows are built from attributes")
     else:
         train, test = generate(source, data, load_banks(data.language, data.templates, data.templates_mode))
     s = stats(train, test)

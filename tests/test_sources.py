@@ -147,6 +147,12 @@ def test_messages_jsonl_is_split_by_seed_and_kept_as_written(tmp_path):
     assert (again / "test.jsonl").read_bytes() == (out / "test.jsonl").read_bytes()
 
 
+def test_attribute_only_options_on_conversations_are_named_not_silent(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "chat.jsonl", TUTORIAL_ROWS)
+    build(cfg_for(src, tmp_path / "o", unknown_entities=2, reverse=True))
+    assert "note: data.unknown_entities, data.reverse ignored" in capsys.readouterr().out
+
+
 def test_a_saved_dataset_with_splits_keeps_them(tmp_path):
     from datasets import Dataset, DatasetDict
 
