@@ -88,7 +88,7 @@ def load_source(source: str, language: str = "zh", entity_column: str | None = N
         if rows and all(isinstance(r, dict) and "messages" in r for _, r in rows):
             return Conversations({"all": _check_conversations([r for _, r in rows], str(path),
                                                               lines=[n for n, _ in rows])}, str(path))
-        return attributes_from_table(*_jsonl_table(rows, path), str(path), language, entity_column)
+        return attributes_from_table(*_jsonl_table(rows, path, language), str(path), language, entity_column)
     if suffix == ".json":
         raw = _read_json(path)
         if isinstance(raw, list) and raw and all(isinstance(r, dict) and "messages" in r for r in raw):
@@ -242,7 +242,8 @@ def _read_jsonl(path: Path) -> list[tuple[int, object]]:
     return rows
 
 
-def _jsonl_table(rows: list[tuple[int, object]], path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def _jsonl_table(rows: list[tuple[int, object]], path: Path,
+                 language: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """JSONL objects as a table: the columns are the keys in the order they first appear."""
     header: list[str] = []
     for n, r in rows:
@@ -259,7 +260,7 @@ def _jsonl_table(rows: list[tuple[int, object]], path: Path) -> tuple[list[str],
             if isinstance(v, (dict, list)) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
                 raise DataError(f"{path}: line {n}: \"{k}\" must be a string or a number, got "
                                 f"{json.dumps(v, ensure_ascii=False)[:60]}")
-            cells.append("、".join(x.strip() for x in v) if isinstance(v, list) else _cell(v))
+            cells.append(_value_text(v, language) or "" if isinstance(v, list) else _cell(v))
         table.append((n, cells))
     return header, table
 
