@@ -1,8 +1,8 @@
 """Kill anywhere: each stage is SIGKILLed from outside at a chosen point (tests/failpoint.py), then run again as a user
 would (`train.resume=auto`, or a plain rerun for eval), and must end where an uninterrupted run ends.
 
-Runs use the shipped quickstart settings (per-epoch checkpoints, save_total_limit 1 as shipped and 2, 4 epochs, its
-learning rate and eval section) on a tiny model and two characters: 24 train rows, 3 steps an epoch, 12 steps."""
+Runs use the shipped quickstart settings (per-epoch checkpoints, save_total_limit 1 as shipped and 2, 5 epochs, its
+learning rate and eval section) on a tiny model and two characters: 24 train rows, 3 steps an epoch, 15 steps."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def checkpoints(run_dir: Path) -> list[str]:
 @pytest.mark.parametrize("limit", [1, 2])
 def test_killed_during_a_step_resumes_to_the_same_adapter(limit, reference, tiny_model, tiny_bert, tmp_path, capsys):
     config = quickstart_yaml(tmp_path, tiny_model, tiny_bert, "run", save_total_limit=limit)
-    proc, marker = start("train-step:8", "sft.train", config)  # step 8 of 12: in epoch 3, after checkpoint-6
+    proc, marker = start("train-step:8", "sft.train", config)  # step 8 of 15: in epoch 3, after checkpoint-6
     wait_stopped(proc, marker)
     # While it runs, a second run on the same output_dir refuses at once and names it.
     with pytest.raises(Busy, match=rf"run: another run is writing here \(process {proc.pid}: sft\.train\)"):
@@ -136,8 +136,8 @@ def test_killed_during_a_step_resumes_to_the_same_adapter(limit, reference, tiny
     assert "resuming from" in out and "checkpoint-6" in out
     assert_same_adapter(reference, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["steps"] == 12 and metrics["epochs"] == 4.0
-    assert checkpoints(tmp_path / "run") == (["checkpoint-12"] if limit == 1 else ["checkpoint-9", "checkpoint-12"])
+    assert metrics["steps"] == 15 and metrics["epochs"] == 5.0
+    assert checkpoints(tmp_path / "run") == (["checkpoint-15"] if limit == 1 else ["checkpoint-12", "checkpoint-15"])
 
 
 def test_killed_while_writing_a_checkpoint_falls_back_to_the_one_before(reference, tiny_model, tiny_bert, tmp_path,
@@ -157,9 +157,9 @@ def test_killed_while_writing_a_checkpoint_falls_back_to_the_one_before(referenc
 
 def test_killed_while_saving_the_adapter_leaves_none_then_finishes(reference, tiny_model, tiny_bert, tmp_path):
     config = quickstart_yaml(tmp_path, tiny_model, tiny_bert, "run")
-    kill_at("adapter-save", "sft.train", config)  # all 12 steps and checkpoint-12 done, adapter half-written
+    kill_at("adapter-save", "sft.train", config)  # all 15 steps and checkpoint-15 done, adapter half-written
     run = tmp_path / "run"
-    assert checkpoints(run) == ["checkpoint-12"]
+    assert checkpoints(run) == ["checkpoint-15"]
     assert not (run / "adapter").exists()  # the half-written adapter is in a temp dir, never at adapter/
     assert [p.name for p in run.glob(".kit-tmp-adapter*")]
     run_stage("sft.train", config)
@@ -167,7 +167,7 @@ def test_killed_while_saving_the_adapter_leaves_none_then_finishes(reference, ti
     assert not list(run.glob(".kit-tmp-*"))
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     reference_metrics = json.loads((reference / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["steps"] == 12 and metrics["resumed_from_epoch"] == 4.0
+    assert metrics["steps"] == 15 and metrics["resumed_from_epoch"] == 5.0
     # the whole run's loss from the logged history, not 0 for the no steps this process ran
     assert metrics["train_loss"] == pytest.approx(reference_metrics["train_loss"], rel=0.05)
 
