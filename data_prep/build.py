@@ -20,6 +20,7 @@ from data_prep.sources import Attributes, Conversations, DataError, is_hub, load
 from data_prep.templates import REVERSE, Banks, load_banks, render, template_id
 from kit.config import Config, DataConfig, parse_args, run_main
 from kit.files import write_text_atomic
+from kit.specificity import is_reverse
 
 __all__ = ["DataError", "build", "ensure_built", "generate", "load_attributes", "main"]
 
@@ -316,7 +317,7 @@ def fingerprint(data: DataConfig) -> str:
 def stats(train: list[dict], test: list[dict]) -> dict:
     def facts(rows: list[dict]) -> list[dict]:
         return [r for r in rows if r["turns"] == 1 and r["template"] != "unknown" and r["entity"]
-                and not r["template"].startswith(REVERSE + "/")]
+                and not is_reverse(r["template"])]
 
     def per(rows: list[dict], key: str) -> dict[str, int]:
         return dict(Counter(r[key] for r in facts(rows)))
@@ -331,8 +332,8 @@ def stats(train: list[dict], test: list[dict]) -> dict:
         "rows": {"train": len(train), "test": len(test),
                  "train_multi_turn": sum(r["turns"] > 1 for r in train),
                  "train_unknown_entity": sum(r["template"] == "unknown" for r in train),
-                 "train_reverse": sum(r["template"].startswith(REVERSE + "/") for r in train),
-                 "test_reverse": sum(r["template"].startswith(REVERSE + "/") for r in test),
+                 "train_reverse": sum(is_reverse(r["template"]) for r in train),
+                 "test_reverse": sum(is_reverse(r["template"]) for r in test),
                  "conversations": sum(r["template"] == "conversation" for r in train + test)},
         "facts": len({(r["entity"], r["attribute"]) for r in facts(train + test)}),
         "per_attribute": {"train": per(train, "attribute"), "test": per(test, "attribute")},

@@ -77,7 +77,7 @@ def load_source(source: str, language: str = "zh", entity_column: str | None = N
             rows = pq.read_table(path).to_pylist()
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
             raise DataError(f"{path}: not a readable parquet file ({e})") from None
-        return Conversations({"all": _check_conversations(rows, str(path), first_row=1)}, str(path))
+        return Conversations({"all": _check_conversations(rows, str(path))}, str(path))
     if suffix == ".xlsx":
         return attributes_from_table(*_read_xlsx(path), str(path), language, entity_column)
     if suffix in (".csv", ".tsv"):
@@ -92,7 +92,7 @@ def load_source(source: str, language: str = "zh", entity_column: str | None = N
     if suffix == ".json":
         raw = _read_json(path)
         if isinstance(raw, list) and raw and all(isinstance(r, dict) and "messages" in r for r in raw):
-            return Conversations({"all": _check_conversations(raw, str(path), first_row=1)}, str(path))
+            return Conversations({"all": _check_conversations(raw, str(path))}, str(path))
         return attributes_from_json(raw, path, language)
     raise DataError(f"{path}: unknown data.source type '{suffix or '(no extension)'}'; use .json, .jsonl, .csv, "
                     f".tsv, .xlsx or .parquet, a save_to_disk directory or hf:owner/name")
@@ -365,21 +365,20 @@ def _long_table(header: list[str], rows: list[tuple[int, list[str]]], where: str
 # Conversation datasets
 
 
-def _check_conversations(rows: list, where: str, first_row: int = 1, lines: list[int] | None = None) -> list[dict]:
+def _check_conversations(rows: list, where: str, lines: list[int] | None = None) -> list[dict]:
     """Rows checked: messages alternate user/assistant after an optional system message, end with the assistant,
     no empty content. Row numbers in errors are 1-based rows (or file lines for JSONL)."""
     errors: list[str] = []
     out = []
     for k, row in enumerate(rows):
-        at = f"line {lines[k]}" if lines else f"row {first_row + k}"
+        at = f"line {lines[k]}" if lines else f"row {k + 1}"
         messages = row.get("messages") if isinstance(row, dict) else None
         if not isinstance(messages, list) or not messages:
             errors.append(f"{at}: \"messages\" must be a non-empty list of {{role, content}}")
             continue
         problem = None
-        turns = [m for m in messages]
-        if isinstance(turns[0], dict) and turns[0].get("role") == "system":
-            turns = turns[1:]
+        system = isinstance(messages[0], dict) and messages[0].get("role") == "system"
+        turns = messages[1:] if system else messages
         for j, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ROLES:
                 problem = f"message {j + 1}: role must be one of {', '.join(ROLES)}, got " \

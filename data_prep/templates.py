@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.config import ConfigError, load_yaml
+from kit.specificity import REVERSE_BANK
 from kit.files import read_text
 
 BUILTIN_DIR = Path(__file__).parent / "templates"
 PLACEHOLDERS = {"entity", "attribute", "value", "gender", "honorific", "pronoun"}
 GENERIC = "*"
-REVERSE = "reverse"  # the bank of questions from value to entity (data.reverse)
+REVERSE = REVERSE_BANK  # the bank of questions from value to entity (data.reverse)
 
 
 @dataclass

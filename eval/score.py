@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import load_jsonl, read_text, temp_dir
-from kit.specificity import SPECIFICITY_SPLITS, normalise
+from kit.specificity import SPECIFICITY_SPLITS, is_reverse, normalise
 
 REQUIRED = ("question", "answer", "prediction")
 # bert-score's own defaults: lang -> (model, layer).
@@ -71,7 +71,6 @@ def read_predictions(path: Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Metrics
-
 
 
 def value_match(expected: str, prediction: str) -> bool | None:
@@ -152,7 +151,6 @@ def make_scorer(cfg: Config) -> Scorer:
 
 COLUMNS = ["model", "split", "entity", "attribute", "direction", "question", "answer", "prediction", "precision",
            "recall", "f1", "value_match", "expected", "raw_prediction", "hash"]
-REVERSE = "reverse/"  # template prefix of reverse questions (value -> entity, data.reverse)
 
 
 def score_rows(rows: list[dict], scorer: Scorer, model: str) -> list[dict]:
@@ -163,7 +161,7 @@ def score_rows(rows: list[dict], scorer: Scorer, model: str) -> list[dict]:
         out.append({
             "model": model, "split": row.get("split", ""), "entity": row.get("entity", ""),
             "attribute": row.get("attribute", ""),
-            "direction": "reverse" if str(row.get("template") or "").startswith(REVERSE) else "forward",
+            "direction": "reverse" if is_reverse(row.get("template")) else "forward",
             "question": row["question"], "answer": row["answer"],
             "prediction": row["prediction"], "precision": p[i], "recall": r[i], "f1": f[i],
             "value_match": value_match(expected, row["prediction"]), "expected": expected,

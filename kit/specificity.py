@@ -49,6 +49,12 @@ UNKNOWN_ANSWER = {"zh": "我不知道{entity}是谁,没有关于{entity}的资�
 
 SPECIFICITY_SPLITS = ("probe", "unknown")  # the `split` of the rows eval answers for these measures
 NOT_FACTS = ("unknown", "replay")  # train rows (`template`) that teach no fact
+REVERSE_BANK = "reverse"  # the question bank, and template-id prefix, of questions from value to entity
+
+
+def is_reverse(template: str | None) -> bool:
+    """A row asking from a value back to its entity (data.reverse): its template id is "reverse/<hash>"."""
+    return str(template or "").startswith(REVERSE_BANK + "/")
 # Leak and invention above these are called out in the report (the quickstart's targets).
 HIGH = {"leak": 0.05, "invention": 0.10}
 
