@@ -442,7 +442,10 @@ def write_report(rows: list[dict], summary: dict, out: Path) -> None:
             for r in rows:
                 w.writerow({**r, "value_match": "" if r["value_match"] is None else int(r["value_match"])})
         (tmp / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        (tmp / "summary.md").write_text(markdown(summary), encoding="utf-8")
+        text = markdown(summary)
+        if (out / "artifacts.md").is_file():  # eval.export's table of the exported files, kept across re-scoring
+            text = text.rstrip("\n") + "\n\n" + (out / "artifacts.md").read_text(encoding="utf-8")
+        (tmp / "summary.md").write_text(text, encoding="utf-8")
         cjk = _cjk_font()
         logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
         with warnings.catch_warnings():

@@ -194,6 +194,10 @@ class EvalConfig:
     specificity: bool = True
     probe_file: str | None = None
     unknown_names: int = 8
+    # eval.export: GGUF files written (eval/gguf.py FORMATS), into export_dir (default <output_dir>/gguf).
+    export_formats: list[Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]] = field(
+        default_factory=lambda: ["f16", "q8_0"])
+    export_dir: str | None = None
 
 
 @dataclass
