@@ -115,3 +115,14 @@ def test_quickstart_learns_the_facts_and_keeps_them_in_place(tmp_path):
     assert tuned["recall"] >= RECALL_AT_LEAST, tuned["recall"]
     assert tuned["leak_rate"] <= LEAK_AT_MOST, tuned["leaks"]
     assert tuned["invention_rate"] <= INVENTION_AT_MOST, tuned["inventions"]
+
+    # What a user ships: the GGUF files, read back by llama.cpp with the template stored in them (README: Ship it).
+    from eval.export import main as export_main
+
+    assert export_main([cfg, f"output_dir={out}"]) == 0
+    rows = {a["artifact"]: a for a in json.loads((out / "eval" / "artifacts.json").read_text())["artifacts"]}
+    merged = rows["merged"]["value_match"]
+    assert rows["gguf f16 (transformers)"]["equal_to_merged"] == rows["merged"]["rows"]  # f16 of an f16 export
+    assert rows["gguf q8_0 (llama.cpp)"]["value_match"] >= merged - 0.01, rows  # measured: equal (116/120 both)
+    assert rows["gguf f16 (llama.cpp)"]["value_match"] >= merged - 0.02, rows  # measured: 115 vs 116 of 120
+    assert "## Exported artifacts" in (out / "eval" / "summary.md").read_text(encoding="utf-8")
