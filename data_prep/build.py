@@ -13,16 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
+from itertools import islice
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from data_prep.sources import Attributes, Conversations, DataError, is_hub, load_source
 from data_prep.templates import REVERSE, Banks, load_banks, render, template_id
 from kit.config import Config, DataConfig, parse_args, run_main
-from kit.files import write_text_atomic
+from kit.files import atomic_file, write_text_atomic
 from kit.specificity import is_reverse
 
-__all__ = ["DataError", "build", "ensure_built", "generate", "load_attributes", "main"]
+__all__ = ["DataError", "build", "ensure_built", "generate", "load_attributes", "main", "stream"]
 
 
 def load_attributes(path: str | Path, language: str = "zh", entity_column: str | None = None) -> Attributes:
@@ -68,12 +71,12 @@ def _held_out(questions: list[str], bank_name: str, attribute: str, test_size: f
     return set(order[:n_test])
 
 
-def generate(attrs: dict[str, dict[str, str]], data: DataConfig, banks: Banks) -> tuple[list[dict], list[dict]]:
-    """(train rows, test rows), each row one conversation plus the metadata the report needs."""
-    train: list[dict] = []
-    test: list[dict] = []
+def stream(attrs: Attributes, data: DataConfig, banks: Banks) -> Iterator[tuple[str, dict]]:
+    """("train" | "test", row) pairs, in file order, generated entity by entity: nothing is held but one entity's
+    train rows (for its multi-turn conversations) and the per-attribute held-out phrasings."""
     seed = data.seed
     entities = list(attrs)
+    test_entities: set[str] = set()
     if data.split == "entity":
         if len(entities) < 2:
             raise DataError("data.split=entity needs at least 2 entities in data.source")
@@ -98,24 +101,35 @@ def generate(attrs: dict[str, dict[str, str]], data: DataConfig, banks: Banks) -
             if data.split == "phrasing" and attribute not in held:
                 held[attribute] = _held_out(bank.questions, bank_name, attribute, data.test_size, seed)
             rows = _phrasings(bank, bank_name, slots, data, rng, held.get(attribute, set()),
-                              data.split == "entity" and entity in test_entities, ("row", entity, attribute))
+                              entity in test_entities, ("row", entity, attribute))
             for split, items in rows.items():
                 for item in items:
                     row = _row(entity, attribute, value, expected, item, data)
-                    (train if split == "train" else test).append(row)
+                    yield split, row
                     if split == "train":
                         entity_train.append(row)
-        train.extend(_multi_turn(entity, entity_train, data))
+        for row in _multi_turn(entity, entity_train, data):
+            yield "train", row
     if data.reverse:
-        more_train, more_test = _reverse(attrs, data, banks, test_entities if data.split == "entity" else set())
-        train.extend(more_train)
-        test.extend(more_test)
-    train.extend(_unknown_entities(attrs, data, banks, held))
-    if not train or not test:
+        yield from _reverse(attrs, data, banks, test_entities)
+    for row in _unknown_entities(attrs, data, banks, held):
+        yield "train", row
+
+
+def generate(attrs: Attributes, data: DataConfig, banks: Banks) -> tuple[list[dict], list[dict]]:
+    """(train rows, test rows) in memory: `stream` collected, for small sets and tests."""
+    out: dict[str, list[dict]] = {"train": [], "test": []}
+    for split, row in stream(attrs, data, banks):
+        out[split].append(row)
+    _check_not_empty(len(out["train"]), len(out["test"]), data)
+    return out["train"], out["test"]
+
+
+def _check_not_empty(n_train: int, n_test: int, data: DataConfig) -> None:
+    if not n_train or not n_test:
         raise DataError(f"data.test_size={data.test_size} with data.split={data.split} leaves the "
-                        f"{'train' if not train else 'test'} split empty ({len(train)} train, {len(test)} test rows); "
+                        f"{'train' if not n_train else 'test'} split empty ({n_train} train, {n_test} test rows); "
                         f"change data.test_size or add data")
-    return train, test
 
 
 def _phrasings(bank, bank_name: str, slots: dict[str, str], data: DataConfig, rng: random.Random, held: set[str],
@@ -150,8 +164,9 @@ def _phrasings(bank, bank_name: str, slots: dict[str, str], data: DataConfig, rn
     return rows
 
 
-def _reverse(attrs: Attributes, data: DataConfig, banks: Banks, test_entities: set[str]) -> tuple[list, list]:
-    """(train, test) questions from a value back to its entity, for values exactly one entity has (in any
+def _reverse(attrs: Attributes, data: DataConfig, banks: Banks,
+             test_entities: set[str]) -> Iterator[tuple[str, dict]]:
+    """(split, row) questions from a value back to its entity, for values exactly one entity has (in any
     attribute): "谁的身份是往生堂客卿?" -> "钟离". Split like the facts: held-out phrasings, entities or rows."""
     from kit.specificity import normalise
 
@@ -162,8 +177,6 @@ def _reverse(attrs: Attributes, data: DataConfig, banks: Banks, test_entities: s
     bank = banks.reverse
     gender_keys = {k.lower() for k in banks.gender_keys}  # "who is an adult male?" has no single answer
     held = _held_out(bank.questions, REVERSE, REVERSE, data.test_size, data.seed) if data.split == "phrasing" else set()
-    train: list[dict] = []
-    test: list[dict] = []
     for entity, values in attrs.items():
         gender = banks.gender_slots(values)
         for attribute, value in values.items():
@@ -174,9 +187,8 @@ def _reverse(attrs: Attributes, data: DataConfig, banks: Banks, test_entities: s
             rows = _phrasings(bank, REVERSE, slots, data, rng, held, entity in test_entities,
                               ("reverse", entity, attribute))
             for split, items in rows.items():
-                (train if split == "train" else test).extend(
-                    _row(entity, attribute, value, render(bank.match, slots), item, data) for item in items)
-    return train, test
+                for item in items:
+                    yield split, _row(entity, attribute, value, render(bank.match, slots), item, data)
 
 
 def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, banks: Banks,
@@ -314,45 +326,76 @@ def fingerprint(data: DataConfig) -> str:
     return h.hexdigest()[:16]
 
 
+class Stats:
+    """stats.json, counted row by row as the rows stream past."""
+
+    def __init__(self) -> None:
+        self.rows = {"train": 0, "test": 0, "train_multi_turn": 0, "train_unknown_entity": 0, "train_reverse": 0,
+                     "test_reverse": 0, "conversations": 0}
+        self.per = {split: {"attribute": Counter(), "entity": Counter()} for split in ("train", "test")}
+        self.per_fact = {"train": Counter(), "test": Counter()}
+        self.facts: set[tuple[str, str]] = set()
+
+    def add(self, split: str, r: dict) -> None:
+        self.rows[split] += 1
+        reverse = is_reverse(r["template"])
+        if split == "train":
+            self.rows["train_multi_turn"] += r["turns"] > 1
+            self.rows["train_unknown_entity"] += r["template"] == "unknown"
+            self.rows["train_reverse"] += reverse
+        else:
+            self.rows["test_reverse"] += reverse
+        self.rows["conversations"] += r["template"] == "conversation"
+        if r["turns"] == 1 and r["template"] != "unknown" and r["entity"] and not reverse:  # a single fact
+            self.per[split]["attribute"][r["attribute"]] += 1
+            self.per[split]["entity"][r["entity"]] += 1
+            self.per_fact[split][(r["entity"], r["attribute"])] += 1
+            self.facts.add((r["entity"], r["attribute"]))
+
+    def result(self) -> dict:
+        def phrasings(counts: list[int]) -> dict[str, float]:
+            if not counts:
+                return {"min": 0, "mean": 0.0, "max": 0}
+            return {"min": min(counts), "mean": round(sum(counts) / len(counts), 2), "max": max(counts)}
+
+        return {
+            "rows": dict(self.rows),
+            "facts": len(self.facts),
+            "per_attribute": {s: dict(self.per[s]["attribute"]) for s in ("train", "test")},
+            "per_entity": {s: dict(self.per[s]["entity"]) for s in ("train", "test")},
+            "phrasings_per_fact": {s: phrasings(list(self.per_fact[s].values())) for s in ("train", "test")},
+        }
+
+
 def stats(train: list[dict], test: list[dict]) -> dict:
-    def facts(rows: list[dict]) -> list[dict]:
-        return [r for r in rows if r["turns"] == 1 and r["template"] != "unknown" and r["entity"]
-                and not is_reverse(r["template"])]
-
-    def per(rows: list[dict], key: str) -> dict[str, int]:
-        return dict(Counter(r[key] for r in facts(rows)))
-
-    def phrasings(rows: list[dict]) -> dict[str, float]:
-        counts = list(Counter((r["entity"], r["attribute"]) for r in facts(rows)).values())
-        if not counts:
-            return {"min": 0, "mean": 0.0, "max": 0}
-        return {"min": min(counts), "mean": round(sum(counts) / len(counts), 2), "max": max(counts)}
-
-    return {
-        "rows": {"train": len(train), "test": len(test),
-                 "train_multi_turn": sum(r["turns"] > 1 for r in train),
-                 "train_unknown_entity": sum(r["template"] == "unknown" for r in train),
-                 "train_reverse": sum(is_reverse(r["template"]) for r in train),
-                 "test_reverse": sum(is_reverse(r["template"]) for r in test),
-                 "conversations": sum(r["template"] == "conversation" for r in train + test)},
-        "facts": len({(r["entity"], r["attribute"]) for r in facts(train + test)}),
-        "per_attribute": {"train": per(train, "attribute"), "test": per(test, "attribute")},
-        "per_entity": {"train": per(train, "entity"), "test": per(test, "entity")},
-        "phrasings_per_fact": {"train": phrasings(train), "test": phrasings(test)},
-    }
+    counted = Stats()
+    for split, rows in (("train", train), ("test", test)):
+        for r in rows:
+            counted.add(split, r)
+    return counted.result()
 
 
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+def write_rows(out_dir: Path, pairs: Iterable[tuple[str, dict]], data: DataConfig, extra: dict) -> dict:
+    """Stream (split, row) pairs into train.jsonl / test.jsonl, then write stats.json; returns the stats.
 
-
-def _write_all(out_dir: Path, files: dict[str, str]) -> None:
-    """Each file is replaced whole, stats.json last: its fingerprint is what marks the set as built (ensure_built),
-    so the old stats.json goes first and a run killed half-way leaves a set that is rebuilt, never one read as
-    whole. The directory itself is never replaced, as data.output_dir may hold other files."""
-    (out_dir / "stats.json").unlink(missing_ok=True)
-    for name in sorted(files, key=lambda n: n == "stats.json"):
-        write_text_atomic(out_dir / name, files[name])
+    Each file is written beside its target and renamed whole, stats.json last: its fingerprint is what marks the set
+    as built (ensure_built), so the old stats.json goes once the new rows are all written, before they are renamed
+    in: a run killed half-way leaves a set that is rebuilt, never one read as whole, and an error while generating
+    leaves the old set untouched. The directory itself is never replaced, as data.output_dir may hold other
+    files."""
+    counted = Stats()
+    with atomic_file(out_dir / "train.jsonl") as train_tmp, atomic_file(out_dir / "test.jsonl") as test_tmp:
+        with train_tmp.open("w", encoding="utf-8", newline="") as train, \
+                test_tmp.open("w", encoding="utf-8", newline="") as test:
+            files = {"train": train, "test": test}
+            for split, row in pairs:
+                files[split].write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+                counted.add(split, row)
+        _check_not_empty(counted.rows["train"], counted.rows["test"], data)
+        (out_dir / "stats.json").unlink(missing_ok=True)  # whole new files from here on: unmark the set first
+    s = {**counted.result(), **extra}
+    write_text_atomic(out_dir / "stats.json", json.dumps(s, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
+    return s
 
 
 def format_stats(s: dict) -> str:
@@ -366,7 +409,9 @@ def format_stats(s: dict) -> str:
              "per attribute (train/test): " + ", ".join(
                  f"{a} {n}/{s['per_attribute']['test'].get(a, 0)}" for a, n in s["per_attribute"]["train"].items()),
              "per entity (train/test): " + ", ".join(
-                 f"{e} {n}/{s['per_entity']['test'].get(e, 0)}" for e, n in s["per_entity"]["train"].items())]
+                 f"{e} {n}/{s['per_entity']['test'].get(e, 0)}" for e, n in islice(s["per_entity"]["train"].items(), 20))
+             + (f", ... ({len(s['per_entity']['train']) - 20} more in stats.json)"
+                if len(s["per_entity"]["train"]) > 20 else "")]
     return "\n".join(lines)
 
 
@@ -383,19 +428,23 @@ def _build(cfg: Config) -> Path:
     source = load_source(data.source, data.language, data.entity_column)
     if isinstance(source, Conversations):
         train, test = conversation_rows(source, data)
+        pairs: Iterable[tuple[str, dict]] = [*(("train", r) for r in train), *(("test", r) for r in test)]
         skipped = [k for k in ("unknown_entities", "multi_turn", "reverse") if getattr(data, k)]
         if skipped:  # they are built from attributes, which a conversation dataset does not have
             print(f"note: {', '.join('data.' + k for k in skipped)} ignored: {data.source} is a conversation "
                   f"dataset, and these rows are built from attributes")
     else:
-        train, test = generate(source, data, load_banks(data.language, data.templates, data.templates_mode))
-    s = stats(train, test)
-    s["fingerprint"] = fingerprint(data)
-    s["source"] = str(data.source)
-    s["split"] = data.split
+        pairs = stream(source, data, load_banks(data.language, data.templates, data.templates_mode))
     out = cfg.data_dir
-    _write_all(out, {"train.jsonl": _jsonl(train), "test.jsonl": _jsonl(test),
-                        "stats.json": json.dumps(s, ensure_ascii=False, indent=2, sort_keys=True) + "\n"})
+    new_dir = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        s = write_rows(out, pairs, data, {"fingerprint": fingerprint(data), "source": str(data.source),
+                                          "split": data.split})
+    except BaseException:
+        if new_dir is not None:  # made for this build: a failed build leaves nothing behind
+            shutil.rmtree(new_dir, ignore_errors=True)
+        raise
     print(format_stats(s))
     return out
 

@@ -239,3 +239,31 @@ def test_generate_is_pure(roles_file):
     attrs = load_attributes(roles_file)
     data = DataConfig(source=str(roles_file))
     assert generate(attrs, data, load_banks("zh")) == generate(attrs, data, load_banks("zh"))
+
+
+# SHA-256 (first 16 hex digits) of the files the previous, in-memory data_prep.build (7fe408a) wrote for the bundled
+# data with the shipped quickstart config, and with a random split + reverse questions + multi-turn + varied answers.
+BEFORE_STREAMING = {
+    (): {"train.jsonl": "1cccea0ae33c0524", "test.jsonl": "d0531a5a29fe4e2a", "stats.json": "1685d2c4295c195a"},
+    ("data.split=random", "data.reverse=true", "data.multi_turn=3", "data.vary_answers=true"):
+        {"train.jsonl": "0f60413bfa0a0821", "test.jsonl": "72ea4a340f6a43f9", "stats.json": "f94f1ae002a367e3"},
+}
+
+
+@pytest.mark.parametrize("overrides", list(BEFORE_STREAMING), ids=["quickstart", "random-reverse-multi"])
+def test_streaming_build_writes_the_bytes_of_the_in_memory_build(overrides, tmp_path, monkeypatch):
+    import hashlib
+
+    from data_prep.build import generate
+    from data_prep.templates import load_banks
+    from kit.config import load_config
+
+    monkeypatch.chdir(ROOT)  # stats.json records data.source as given: the relative path of the config
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", [*overrides, f"output_dir={tmp_path}"])
+    out = build(cfg)
+    for name, digest in BEFORE_STREAMING[overrides].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest()[:16] == digest, name
+    # and the same rows as generate() collects in memory
+    train, test = generate(load_attributes(cfg.data.source), cfg.data, load_banks("zh"))
+    assert [json.loads(line) for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines()] == train
+    assert len(test) == len((out / "test.jsonl").read_text(encoding="utf-8").splitlines())
