@@ -4,8 +4,9 @@ them, on N synthetic characters x 5 attributes with the whole question bank.
     python -m bench.large_facts 2000 20000          # entity counts; writes runs/large-<N>/
     python -m bench.large_facts 20000 --rebuild     # build again from scratch (else a second sft run shows the cache)
 
-Peak memory is the largest sum of RSS over the command's whole process tree (tokenizer workers included), sampled
-every 0.2 s. Figures go to bench/RESULTS.md.
+Peak memory is the largest sum of PSS (resident memory, pages shared between processes counted once) over the
+command's whole process tree (tokenizer workers included), sampled every 0.2 s, and at least the largest single
+process's peak RSS as the kernel counts it. The whole output of each command is kept in runs/large-<N>/<step>.log. Figures go to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ def synthetic(n: int, seed: int = 0) -> dict[str, dict[str, str]]:
     return out
 
 
-def measure(cmd: list[str]) -> dict:
+def measure(cmd: list[str], log: Path) -> dict:
     """Wall seconds and peak summed RSS of the process tree of `cmd`."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     root = psutil.Process(proc.pid)
     peak = 0
     import threading
@@ -56,9 +57,9 @@ def measure(cmd: list[str]) -> dict:
         try:
             tree = [root, *root.children(recursive=True)]
             rss = 0
-            for p in tree:
+            for p in tree:  # PSS: pages shared between processes (forked tokenizer workers) are counted once
                 try:
-                    rss += p.memory_info().rss
+                    rss += p.memory_full_info().pss
                 except psutil.Error:
                     pass
             peak = max(peak, rss)
@@ -66,12 +67,9 @@ def measure(cmd: list[str]) -> dict:
             pass
         time.sleep(0.2)
     reader.join()
-    import resource
-
-    # The largest single process by the kernel's own count (catches a peak between two samples).
-    peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+    log.write_text("".join(lines), encoding="utf-8")
     return {"cmd": " ".join(cmd), "rc": proc.returncode, "seconds": round(time.perf_counter() - start, 1),
-            "peak_rss_gb": round(peak / 2**30, 2), "tail": "".join(lines[-15:])}
+            "peak_gb": round(peak / 2**30, 2), "tail": "".join(lines[-15:])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,16 +89,17 @@ def main(argv: list[str] | None = None) -> int:
             source.write_text(json.dumps(synthetic(n), ensure_ascii=False), encoding="utf-8")
         common = ["configs/quickstart.yaml", f"data.source={source}", "data.max_train_phrasings=null",
                   f"output_dir={out}"]
-        runs = {"build": measure([sys.executable, "-m", "data_prep.build", *common])}
+        runs = {"build": measure([sys.executable, "-m", "data_prep.build", *common], out / "build.log")}
         if not args.skip_train:
             runs["train"] = measure([sys.executable, "-m", "sft.train", *common, "train.max_steps=1",
-                                     "train.save_strategy=no", "train.show_examples=0", "train.resume=auto"])
+                                     "train.save_strategy=no", "train.show_examples=0", "train.resume=auto"],
+                                    out / "train.log")
         stats = json.loads((out / "data" / "stats.json").read_text(encoding="utf-8"))
         for name, r in runs.items():
             print(f"{n} entities ({stats['rows']['train']} train rows): {name} {r['seconds']} s, peak "
-                  f"{r['peak_rss_gb']} GB, rc {r['rc']}\n{r['tail']}", flush=True)
+                  f"{r['peak_gb']} GB, rc {r['rc']}\n{r['tail']}", flush=True)
         results.append({"entities": n, "train_rows": stats["rows"]["train"], "test_rows": stats["rows"]["test"],
-                        **{k: {kk: v[kk] for kk in ("seconds", "peak_rss_gb", "rc")} for k, v in runs.items()}})
+                        **{k: {kk: v[kk] for kk in ("seconds", "peak_gb", "rc")} for k, v in runs.items()}})
     print(json.dumps(results, indent=2))
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from kit.files import atomic_dir, load_jsonl, write_text_atomic
 from kit.models import (choose_pad_token, load_model, load_tokenizer, pick_device, process_state, resolve,
                         set_threads, versions)
 from sft.callbacks import LossPlotCallback
-from sft.encode import audit, encode_rows
+from sft.encode import audit, encode_file, encode_rows, token_counts, with_counts
 
 
 def cpu_has_bf16() -> bool:
@@ -88,8 +89,11 @@ def build_sft_config(cfg: Config, device: str = "cpu", precision: str | None = N
         logging_first_step=True,
         report_to="none",
         push_to_hub=False,
-        # The kit tokenises and masks itself (sft.encode); TRL must not truncate silently.
+        # The kit tokenises and masks itself (sft.encode), and has checked every row fits max_length with something
+        # supervised: TRL's own pass over the rows (truncate, drop) would only cost time on a large set. Packing
+        # still needs it.
         truncation_mode="keep_start",
+        dataset_kwargs=None if t.packing else {"skip_prepare_dataset": True},
         dataset_num_proc=None,
         shuffle_dataset=False,
     )
@@ -168,14 +172,21 @@ def score_only_supervised_positions(device: str) -> None:
 
 
 
-def pick_examples(rows: list[dict], n: int) -> list[dict]:
-    """Up to n single-turn test rows, one per attribute first, so the examples show different facts."""
+def pick_examples(path: Path, n: int, scan: int = 10_000) -> list[dict]:
+    """Up to n single-turn test rows, one per attribute, from the first `scan` rows of the file (read line by line:
+    a large test file is never loaded for this)."""
     picked, seen = [], set()
-    for row in rows:
-        if row["turns"] == 1 and row["attribute"] not in seen:
-            picked.append(row)
-            seen.add(row["attribute"])
-    return picked[:n]
+    if n <= 0:
+        return picked
+    with path.open(encoding="utf-8") as f:
+        for line in islice(f, scan):
+            row = json.loads(line)
+            if row["turns"] == 1 and row["attribute"] not in seen:
+                picked.append(row)
+                seen.add(row["attribute"])
+                if len(picked) == n:
+                    break
+    return picked
 
 
 def answer(model, tok, rows: list[dict], max_new_tokens: int = 48) -> list[str]:
@@ -231,8 +242,8 @@ class Run:
 
     trainer: object
     tok: object
-    train_enc: list[dict]
-    eval_enc: list[dict] | None
+    train_enc: object  # datasets.Dataset: input_ids, labels
+    eval_enc: object | None
     examples: list[dict]
     before: list[str]
     resume_from: str | None
@@ -252,33 +263,36 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     set_threads(cfg.train.threads, device)
     score_only_supervised_positions(device)
     tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    train_rows = load_jsonl(data_dir / "train.jsonl")
-    test_rows = load_jsonl(data_dir / "test.jsonl")
     t = cfg.train
-    train_enc = encode_rows(tok, train_rows, t.max_length, cfg.model.thinking, str(data_dir / "train.jsonl"))
-    eval_enc = (encode_rows(tok, test_rows, t.max_length, cfg.model.thinking, str(data_dir / "test.jsonl"))
-                if t.eval_strategy != "no" else None)
-    from datasets import Dataset
+    with state.main_process_first():  # tokenised once (in parallel for large files), then read from the cache
+        train_enc = encode_file(tok, data_dir / "train.jsonl", t.max_length, cfg.model.thinking,
+                                data_dir / "tokenized")
+        eval_enc = (encode_file(tok, data_dir / "test.jsonl", t.max_length, cfg.model.thinking,
+                                data_dir / "tokenized") if t.eval_strategy != "no" else None)
+    from datasets import Dataset, concatenate_datasets
     from trl import SFTTrainer
 
     precision = resolve_precision(cfg, device)
     main = state.is_main_process
     if main:
-        print(audit(tok, train_rows, train_enc), flush=True)
+        print(audit(tok, train_enc), flush=True)
         write_text_atomic(cfg.out / "config.yaml", dump_config(cfg))
         write_json(cfg.out / "versions.json", versions())
     model = load_model(model_path, cfg.model, device, for_training=True)
     if cfg.data.replay:
         with state.main_process_first():  # answered once, then read from the cache by the other processes
             replay = replay_rows(cfg, model, tok, model_path, data_dir)
-        train_enc += encode_rows(tok, replay, t.max_length, cfg.model.thinking, str(data_dir / "replay.jsonl"))
-    examples = pick_examples(test_rows, t.show_examples) if main else []
+        replay_enc = encode_rows(tok, replay, t.max_length, cfg.model.thinking, str(data_dir / "replay.jsonl"))
+        train_enc = with_counts(
+            concatenate_datasets([train_enc, Dataset.from_list(replay_enc, features=train_enc.features)]),
+            [token_counts(train_enc), token_counts(replay_enc)])
+    examples = pick_examples(data_dir / "test.jsonl", t.show_examples) if main else []
     before = answer(model, tok, examples) if examples and not resume_from else []
     trainer = SFTTrainer(
         model=model,
         args=build_sft_config(cfg, device, precision),
-        train_dataset=Dataset.from_list(train_enc),
-        eval_dataset=Dataset.from_list(eval_enc) if eval_enc else None,
+        train_dataset=train_enc,
+        eval_dataset=eval_enc,
         processing_class=tok,
         peft_config=build_lora_config(cfg.lora),
         callbacks=[LossPlotCallback(cfg.out, eval_enabled=t.eval_strategy != "no"), *(callbacks or [])],
@@ -330,8 +344,8 @@ def _train(cfg: Config, callbacks: list | None) -> Path:
     return adapter_dir
 
 
-def summarise(trainer, result, train_enc: list[dict], wall: float, from_epoch: float) -> dict:
-    tokens_per_epoch = sum(len(e["input_ids"]) for e in train_enc)
+def summarise(trainer, result, train_enc, wall: float, from_epoch: float) -> dict:
+    tokens_per_epoch = token_counts(train_enc)["tokens"]
     epochs = trainer.state.epoch or 0.0
     return {
         # The Trainer's figure covers the steps this process ran; after a resume, the whole run's comes from the loss

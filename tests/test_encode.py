@@ -102,7 +102,7 @@ def test_rows_too_long_or_unsupervised_are_errors_naming_the_row(tokenizer_dirs)
 def test_audit_marks_the_supervised_span(tokenizer_dirs):
     tok = load_tokenizer(str(tokenizer_dirs[CHATML]))
     enc = encode_rows(tok, [{"id": "a", "messages": ONE}], 128, "none", "t")
-    text = audit(tok, [], enc)
+    text = audit(tok, enc)
     assert f"[[{A}<|im_end|>]]" in text and "tokens supervised" in text
 
 
@@ -111,3 +111,66 @@ def test_strip_think():
     assert strip_think("岩元素") == "岩元素"
     assert strip_think("岩元素<think>unfinished") == "岩元素"
     assert strip_think("<think>a</think>b</think> c") == "c"
+
+
+def _jsonl(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _file_rows(n):
+    return [{"id": f"r{i}", "messages": [{"role": "user", "content": f"{i}号角色来自哪里?"},
+                                         {"role": "assistant", "content": f"{i}号角色来自璃月。"}]} for i in range(n)]
+
+
+def test_encoded_file_equals_the_rows_encoded_one_by_one_in_parallel_too(tokenizer_dirs, tmp_path, monkeypatch):
+    import sft.encode
+
+    tok = load_tokenizer(str(tokenizer_dirs[CHATML]))
+    rows = _file_rows(40)
+    path = _jsonl(tmp_path / "train.jsonl", rows)
+    want = encode_rows(tok, rows, 128, "none", "t")
+    ds = sft.encode.encode_file(tok, path, 128, "none", tmp_path / "one")
+    assert [dict(r) for r in ds] == want
+    monkeypatch.setattr(sft.encode, "PARALLEL_FROM_ROWS", 10)
+    ds2 = sft.encode.encode_file(tok, path, 128, "none", tmp_path / "two", num_proc=2)
+    assert [dict(r) for r in ds2] == want
+    assert "over 40 rows" in audit(tok, ds2) and audit(tok, ds2) == audit(tok, want)
+
+
+def test_encoded_file_is_reused_and_redone_when_the_file_changes(tokenizer_dirs, tmp_path, monkeypatch, capsys):
+    import sft.encode
+
+    tok = load_tokenizer(str(tokenizer_dirs[CHATML]))
+    path = _jsonl(tmp_path / "train.jsonl", _file_rows(5))
+    sft.encode.encode_file(tok, path, 128, "none", tmp_path / "cache")
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("tokenised again")
+
+    monkeypatch.setattr(sft.encode, "_encode_batch", no_tokenising)
+    again = sft.encode.encode_file(tok, path, 128, "none", tmp_path / "cache")
+    assert len(again) == 5 and "tokenised rows reused" in capsys.readouterr().out
+    _jsonl(path, _file_rows(6))
+    with pytest.raises(AssertionError, match="tokenised again"):
+        sft.encode.encode_file(tok, path, 128, "none", tmp_path / "cache")
+    monkeypatch.undo()
+    assert len(sft.encode.encode_file(tok, path, 128, "none", tmp_path / "cache")) == 6
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # the older tokenisation was removed
+
+
+def test_encoded_file_errors_name_file_and_row(tokenizer_dirs, tmp_path):
+    import sft.encode
+
+    tok = load_tokenizer(str(tokenizer_dirs[CHATML]))
+    rows = _file_rows(4)
+    rows[2]["messages"][1]["content"] = "很长" * 100
+    rows[3]["messages"] = rows[3]["messages"][:1]
+    path = _jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(EncodeError, match=r"2 rows cannot be trained on:\n  .*train\.jsonl row 3 \(id r2\): \d+ tokens "
+                                          r"is more than train\.max_length=100.*\n  .*train\.jsonl row 4 \(id r3\): "
+                                          r"conversation has no assistant message"):
+        sft.encode.encode_file(tok, path, 100, "none", tmp_path / "cache")
+    assert not any((tmp_path / "cache").iterdir())  # nothing cached
