@@ -11,35 +11,61 @@ batch finishes; a rerun skips the rows already there. Greedy by default; <think>
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from kit.chat import generation_prompt, strip_think
 from kit.config import Config, KitError, parse_args, run_main
-from kit.files import load_jsonl, write_text_atomic
+from kit.files import atomic_file, iter_jsonl, write_text_atomic
 from kit.generation import generate_batched
 from kit.models import load_model, load_tokenizer, pick_device, process_state, resolve, set_threads
 
 
 
-def eval_rows(cfg: Config) -> list[dict]:
-    """Single-turn rows of the configured splits, each with its split name."""
-    rows = []
+# Rows are read, answered and written this many at a time: memory stays bounded however large the test set is.
+CHUNK_ROWS = 4096
+
+
+def iter_eval_rows(cfg: Config) -> Iterator[dict]:
+    """Single-turn rows of the configured splits, each with its split name, then the specificity rows; read from the
+    files one at a time. The files are checked when this is called, before anything is read."""
+    paths = []
     for split in cfg.eval.splits:
         path = cfg.data_dir / f"{split}.jsonl"
         if not path.is_file():
             raise KitError(f"{path}: not found; build the data first with `python -m data_prep.build CONFIG`")
-        picked = [dict(r, split=split) for r in load_jsonl(path) if r.get("turns", 1) == 1]
-        rows.extend(picked[: cfg.eval.max_rows] if cfg.eval.max_rows else picked)
-    if not rows:
-        raise KitError(f"no single-turn rows to answer in {cfg.data_dir} for eval.splits={cfg.eval.splits}")
-    if cfg.eval.specificity:  # everyday questions (leak, drift) and questions about nobody (invention)
-        from kit.specificity import specificity_rows
+        paths.append((split, path))
 
-        rows += specificity_rows(load_jsonl(cfg.data_dir / "train.jsonl"), cfg.data.language, cfg.eval.probe_file,
-                                 cfg.eval.unknown_names)
-    return rows
+    def rows() -> Iterator[dict]:
+        for split, path in paths:
+            n = 0
+            for r in iter_jsonl(path):
+                if r.get("turns", 1) != 1:
+                    continue
+                if cfg.eval.max_rows and n >= cfg.eval.max_rows:
+                    break
+                n += 1
+                yield dict(r, split=split)
+        if cfg.eval.specificity:  # everyday questions (leak, drift) and questions about nobody (invention)
+            from kit.specificity import specificity_rows
+
+            train = cfg.data_dir / "train.jsonl"
+            yield from specificity_rows(lambda: iter_jsonl(train), cfg.data.language, cfg.eval.probe_file,
+                                        cfg.eval.unknown_names)
+
+    it = rows()
+    first = next(it, None)
+    if first is None or first["split"] not in cfg.eval.splits:  # none of the data's own rows
+        raise KitError(f"no single-turn rows to answer in {cfg.data_dir} for eval.splits={cfg.eval.splits}")
+    return itertools.chain([first], it)
+
+
+def eval_rows(cfg: Config) -> list[dict]:
+    """iter_eval_rows, in a list (for small sets)."""
+    return list(iter_eval_rows(cfg))
 
 
 def model_source(cfg: Config, which: str) -> tuple[str, str | None]:
@@ -95,11 +121,11 @@ def generate(cfg: Config, which: str = "finetuned") -> Path:
 def _generate(cfg: Config, which: str) -> Path:
     from tqdm.auto import tqdm
 
-    rows = eval_rows(cfg)
+    rows = iter_eval_rows(cfg)
     path, adapter = model_source(cfg, which)  # fail on a missing model before anything loads
     if cfg.eval.backend == "vllm":
         check_vllm()
-        return generate_with_vllm(cfg, which, rows, path, adapter)
+        return generate_with_vllm(cfg, which, list(rows), path, adapter)
     device = pick_device(cfg.train.device)
     set_threads(cfg.train.threads, device)
     state = process_state(device)  # under `accelerate launch` / torchrun, each process answers its share
@@ -110,36 +136,49 @@ def _generate(cfg: Config, which: str) -> Path:
         _prepare_output(out, meta, cfg.eval.overwrite)
     state.wait_for_everyone()
     model, tok = load_for_generation(cfg, path, adapter, device)
-    done = {r["id"] for r in load_jsonl(out)} if out.is_file() else set()
-    todo = [r for r in rows if r["id"] not in done]
+    done = {r["id"] for r in iter_jsonl(out)} if out.is_file() else set()
     if done and state.is_main_process:
-        print(f"{out}: {len(done)} rows already answered, {len(todo)} to go")
-    with state.split_between_processes(list(range(len(todo)))) as share:
-        mine = [todo[i] for i in share]
+        print(f"{out}: {len(done)} rows already answered; answering the rest")
     target = out if state.num_processes == 1 else _shard(out, state.process_index)
-    prompts = [generation_prompt(tok, r["messages"][:-1]) for r in mine]
-    bar = tqdm(total=len(mine), desc=f"answering ({which})", unit="row", disable=not state.is_local_main_process)
+    bar = tqdm(desc=f"answering ({which})", unit="row", disable=not state.is_local_main_process)
+    order: list[str] = []  # row ids in data order: the file is put in this order at the end
+    answered = 0
     start = time.perf_counter()
     with target.open("a", encoding="utf-8") as f:
-        def write(indices: list[int], answers: list[str]) -> None:
-            for i, raw in zip(indices, answers):
-                f.write(json.dumps(prediction_row(mine[i], raw, cfg.model.thinking), ensure_ascii=False) + "\n")
-            f.flush()
-            bar.update(len(indices))
+        for chunk in _batches(rows, CHUNK_ROWS):
+            order += [r["id"] for r in chunk]
+            todo = [r for r in chunk if r["id"] not in done]
+            with state.split_between_processes(list(range(len(todo)))) as share:
+                mine = [todo[i] for i in share]
+            prompts = [generation_prompt(tok, r["messages"][:-1]) for r in mine]
 
-        generate_batched(model, tok, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.eval.do_sample,
-                         cfg.eval.temperature, cfg.eval.top_p, on_batch=write)
+            def write(indices: list[int], answers: list[str], mine=mine) -> None:
+                for i, raw in zip(indices, answers):
+                    f.write(json.dumps(prediction_row(mine[i], raw, cfg.model.thinking), ensure_ascii=False) + "\n")
+                f.flush()
+                bar.update(len(indices))
+
+            if prompts:
+                generate_batched(model, tok, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.eval.do_sample,
+                                 cfg.eval.temperature, cfg.eval.top_p, on_batch=write)
+            answered += len(todo)
     bar.close()
     elapsed = time.perf_counter() - start
     state.wait_for_everyone()
     if state.is_main_process:
         _fold_shards(out)
-        _in_row_order(out, rows)
-        if todo:
-            print(f"{len(todo)} answers in {elapsed:.1f} s ({len(todo) / elapsed:.1f} rows/s, "
+        _in_row_order(out, order)
+        if answered:
+            print(f"{answered} answers in {elapsed:.1f} s ({answered / elapsed:.1f} rows/s, "
                   f"{state.num_processes} process(es))")
     state.wait_for_everyone()
     return out
+
+
+def _batches(items: Iterable[dict], n: int) -> Iterator[list[dict]]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -229,15 +268,34 @@ def _fold_shards(out: Path) -> None:
             shard.unlink()
 
 
-def _in_row_order(out: Path, rows: list[dict]) -> None:
-    """Rewrite the predictions in the order of the data set (rows finish in order of length and answer)."""
-    position = {r["id"]: i for i, r in enumerate(rows)}
-    by_id: dict[str, str] = {}
-    for line in out.read_text(encoding="utf-8").splitlines():
-        if line.strip():  # a row twice (a run stopped between folding a shard and deleting it): keep the first
-            by_id.setdefault(json.loads(line)["id"], line)
-    lines = sorted(by_id.values(), key=lambda line: position.get(json.loads(line)["id"], len(position)))
-    write_text_atomic(out, "".join(line + "\n" for line in lines))
+def _in_row_order(out: Path, order: list[str]) -> None:
+    """Rewrite the predictions in data order (rows finish in order of length and answer), keeping the first line of
+    a row written twice (a run stopped between folding a shard and deleting it). Only line offsets are held, and the
+    file is left as it is when already in order."""
+    position = {row_id: i for i, row_id in enumerate(order)}
+    offsets: dict[str, tuple[int, int]] = {}
+    ordered, last = True, -1
+    with out.open("rb") as f:
+        at = 0
+        for line in f:
+            if line.strip():
+                row_id = json.loads(line)["id"]
+                if row_id in offsets:
+                    ordered = False
+                else:
+                    offsets[row_id] = (at, len(line))
+                    here = position.get(row_id, len(position))
+                    ordered = ordered and here >= last and line.endswith(b"\n")
+                    last = here
+            else:
+                ordered = False
+            at += len(line)
+    if ordered:
+        return
+    with atomic_file(out) as tmp, out.open("rb") as src, tmp.open("wb") as dst:
+        for row_id in sorted(offsets, key=lambda r: position.get(r, len(position))):
+            src.seek(offsets[row_id][0])
+            dst.write(src.read(offsets[row_id][1]).rstrip(b"\n") + b"\n")
 
 
 def _complete_lines(lines: list[str]) -> list[str]:

@@ -14,10 +14,11 @@ import io
 import json
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from kit.config import Config, KitError, parse_args, run_main
-from kit.files import load_jsonl, read_text, temp_dir
+from kit.files import iter_jsonl, read_text, temp_dir
 from kit.specificity import SPECIFICITY_SPLITS, is_reverse, normalise
 
 REQUIRED = ("question", "answer", "prediction")
@@ -35,6 +36,8 @@ def read_predictions(path: Path) -> list[dict]:
 
     if not path.is_file():
         raise KitError(f"{path}: predictions file not found")
+    if path.suffix.lower() == ".jsonl":
+        return _check_rows(path, _read_jsonl_rows(path), first=1)
     text = io.StringIO(read_text(path, "predictions file"))
     try:
         if path.suffix.lower() in (".jsonl", ".json"):
@@ -48,24 +51,56 @@ def read_predictions(path: Path) -> list[dict]:
         if isinstance(e, KitError):
             raise
         raise KitError(f"{path}: could not be read as {path.suffix} ({str(e).splitlines()[0][:200]})") from None
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise KitError(f"{path}: missing column(s) {missing}; a predictions file needs columns "
-                       f"{list(REQUIRED)} (optional: entity, attribute, value, expected, split); found {list(df.columns)}")
     if df.empty:
         raise KitError(f"{path}: has no rows")
     df = df.fillna("")
-    rows = df.to_dict("records")
-    for n, row in enumerate(rows, start=2 if path.suffix.lower() in (".csv", ".tsv") else 1):
+    return _check_rows(path, df.to_dict("records"), first=2 if path.suffix.lower() in (".csv", ".tsv") else 1)
+
+
+def _read_jsonl_rows(path: Path) -> list[dict]:
+    """A JSONL predictions file, line by line (the kit's own files can be large: never held as text besides the
+    rows). A file that is not UTF-8 goes through read_text: UTF-16 is decoded, anything else named in an error."""
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            return _json_lines(path, f)
+    except UnicodeDecodeError:
+        return _json_lines(path, read_text(path, "predictions file").splitlines())
+
+
+def _json_lines(path: Path, lines: Iterable[str]) -> list[dict]:
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise KitError(f"{path}: line {n} is not JSON ({e}); each line must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise KitError(f"{path}: line {n} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _check_rows(path: Path, rows: list[dict], first: int) -> list[dict]:
+    """Required columns present, no empty question/answer; every value as a string ("" for a missing one)."""
+    if not rows:
+        raise KitError(f"{path}: has no rows")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise KitError(f"{path}: missing column(s) {missing}; a predictions file needs columns "
+                       f"{list(REQUIRED)} (optional: entity, attribute, value, expected, split); found {columns}")
+    for n, row in enumerate(rows, start=first):
+        for col in columns:
+            v = row.get(col)
+            row[col] = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
         for col in ("question", "answer"):
             if col == "answer" and row.get("split") in SPECIFICITY_SPLITS:
                 continue  # everyday questions and questions about nobody have no reference answer
-            if not str(row[col]).strip():
+            if not row[col].strip():
                 raise KitError(f"{path}: row {n}: empty '{col}'; every row needs a question and a reference answer "
                                f"(fill it in or delete the row)")
-        for col in df.columns:
-            row[col] = "" if row[col] is None or (isinstance(row[col], float) and math.isnan(row[col])) \
-                else str(row[col])
     return rows
 
 
@@ -219,7 +254,7 @@ def summarise(rows: list[dict], cfg: Config, scorer: Scorer, source: str) -> dic
     return summary
 
 
-def specificity(spec: dict[str, list[dict]], train_rows: list[dict], scorer: Scorer, summary: dict,
+def specificity(spec: dict[str, list[dict]], train_rows: Iterable[dict], scorer: Scorer, summary: dict,
                 worst_n: int) -> dict:
     """Leak, invention and drift per model (kit/specificity.py), with the rows behind them, worst first."""
     from kit.specificity import HIGH, invented, leaked, trained_strings
@@ -457,9 +492,9 @@ def write_report(rows: list[dict], summary: dict, out: Path) -> None:
 
 def check_complete(cfg: Config, path: Path, rows: list[dict]) -> None:
     """The kit's own predictions must cover every question of the evaluated splits."""
-    from eval.generate import eval_rows
+    from eval.generate import iter_eval_rows
 
-    expected = {r["id"] for r in eval_rows(cfg)}
+    expected = {r["id"] for r in iter_eval_rows(cfg)}
     got = {r.get("id") for r in rows}
     if got != expected:
         raise KitError(f"{path}: {len(got & expected)} of {len(expected)} questions answered "
@@ -487,9 +522,9 @@ def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None
                 models = {"base": cfg.predictions_file("base"), **models}
     loaded = {}
     for label, path in models.items():
-        if predictions is None and path.is_file():  # the kit's own file: one cut short by a stop is not scored
-            check_complete(cfg, path, load_jsonl(path))
         loaded[label] = read_predictions(path)
+        if predictions is None:  # the kit's own file: one cut short by a stop is not scored
+            check_complete(cfg, path, loaded[label])
     counts = {label: sum(r.get("split") not in SPECIFICITY_SPLITS for r in rows) for label, rows in loaded.items()}
     if len(set(counts.values())) > 1:
         raise KitError(f"predictions to compare have different row counts {counts}; answer the same questions with "
@@ -498,11 +533,12 @@ def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None
     scorer = scorer or make_scorer(cfg)
     spec = {label: [r for r in rows if r.get("split") in SPECIFICITY_SPLITS] for label, rows in loaded.items()}
     scored = []
-    for label, rows in loaded.items():
-        scored += score_rows([r for r in rows if r.get("split") not in SPECIFICITY_SPLITS], scorer, label)
+    for label in list(loaded):
+        scored += score_rows([r for r in loaded[label] if r.get("split") not in SPECIFICITY_SPLITS], scorer, label)
+        del loaded[label]  # the scored rows hold the text now; the rows as read go
     summary = summarise(scored, cfg, scorer, ", ".join(str(p) for p in models.values()))
     if any(spec.values()):
-        summary["specificity"] = specificity(spec, load_jsonl(cfg.data_dir / "train.jsonl"), scorer, summary,
+        summary["specificity"] = specificity(spec, iter_jsonl(cfg.data_dir / "train.jsonl"), scorer, summary,
                                              cfg.eval.worst_n)
     elif cfg.eval.specificity and predictions is None:
         summary["specificity_skipped"] = ("not measured: the train rows carry no entity / value fields (a "

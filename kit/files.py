@@ -17,6 +17,7 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from kit.config import KitError
@@ -154,6 +155,16 @@ def load_jsonl(path: str | Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """Rows of a JSONL file the kit wrote, one at a time (a large file is never held whole)."""
+    import json
+
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 def read_text(path: str | Path, what: str = "file") -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kit.config import KitError
@@ -104,7 +105,7 @@ def _pieces(value: str) -> list[str]:
     return [p.strip() for p in parts if len(normalise(p)) >= 2]
 
 
-def trained_strings(rows: list[dict]) -> dict[str, dict[str, str]]:
+def trained_strings(rows: Iterable[dict]) -> dict[str, dict[str, str]]:
     """{"entities": {normalised: text}, "values": {normalised: text}} taught by single-turn fact rows. Values include
     what a right answer must contain (`expected`, e.g. 男性 for 成年男性)."""
     entities: dict[str, str] = {}
@@ -161,16 +162,30 @@ def _row_id(*parts: str) -> str:
     return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:12]
 
 
-def specificity_rows(train_rows: list[dict], language: str, probe_file: str | None, n_names: int) -> list[dict]:
+def specificity_rows(train_rows: Iterable[dict] | Callable[[], Iterable[dict]], language: str,
+                     probe_file: str | None, n_names: int) -> list[dict]:
     """The rows eval answers for leak (split "probe") and invention (split "unknown"), in the shape of data rows.
 
     Invention questions are the train phrasings themselves (one per attribute and name, picked by hash), with the
-    entity's name replaced by an invented one, so they ask exactly what training taught, about nobody."""
-    facts = [r for r in train_rows if r.get("turns", 1) == 1 and r.get("template") not in NOT_FACTS
-             and r.get("entity") and r.get("value")]
-    if not facts:  # e.g. a conversation dataset without entity/value fields: no trained strings to look for
+    entity's name replaced by an invented one, so they ask exactly what training taught, about nobody.
+    `train_rows` may be a function returning a fresh iterator (e.g. over a large train.jsonl): the rows are then
+    read twice, one at a time, and never held."""
+    def rows() -> Iterable[dict]:
+        return train_rows() if callable(train_rows) else train_rows
+
+    def is_fact(r: dict) -> bool:
+        return bool(r.get("turns", 1) == 1 and r.get("template") not in NOT_FACTS and r.get("entity")
+                    and r.get("value"))
+
+    entities: set[str] = set()
+    system = None
+    for r in rows():
+        if is_fact(r):
+            entities.add(r["entity"])
+            if system is None:
+                system = [m for m in r["messages"] if m["role"] == "system"]
+    if not entities:  # e.g. a conversation dataset without entity/value fields: no trained strings to look for
         return []
-    system = [m for m in facts[0]["messages"] if m["role"] == "system"]
 
     def row(split: str, question: str, entity: str = "", attribute: str = "", template: str = "") -> dict:
         return {"id": _row_id(split, entity, attribute, question), "split": split,
@@ -179,14 +194,19 @@ def specificity_rows(train_rows: list[dict], language: str, probe_file: str | No
                 "turns": 1}
 
     out = [row("probe", q) for q in probe_questions(language, probe_file)]
-    by_attribute: dict[str, list[dict]] = {}
-    for r in facts:
-        if r["entity"] in r["messages"][-2]["content"]:
-            by_attribute.setdefault(r["attribute"], []).append(r)
-    entities = {r["entity"] for r in facts}
-    for name in invented_names(language, n_names, entities, "probe"):
-        for attribute, candidates in by_attribute.items():
-            pick = min(candidates, key=lambda r: _row_id(name, attribute, r["id"]))
-            question = pick["messages"][-2]["content"].replace(pick["entity"], name)
-            out.append(row("unknown", question, name, attribute, pick["template"]))
+    names = invented_names(language, n_names, entities, "probe")
+    # For each (name, attribute): the train row with the smallest hash of (name, attribute, row id), kept as it
+    # streams past (attributes in order of first appearance).
+    picks: dict[str, dict[str, tuple[str, str, str, str]]] = {}
+    for r in rows():
+        if is_fact(r) and r["entity"] in r["messages"][-2]["content"]:
+            best = picks.setdefault(r["attribute"], {})
+            for name in names:
+                key = _row_id(name, r["attribute"], r["id"])
+                if name not in best or key < best[name][0]:
+                    best[name] = (key, r["messages"][-2]["content"], r["entity"], r["template"])
+    for name in names:
+        for attribute, best in picks.items():
+            _, question, entity, template = best[name]
+            out.append(row("unknown", question.replace(entity, name), name, attribute, template))
     return out

@@ -120,6 +120,33 @@ def test_generate_writes_rows_and_resumes(trained, tiny_model, tiny_bert, tmp_pa
         generate(cfg_for(trained, tiny_model, tiny_bert, use_merged=True, merged_dir=str(tmp_path / "none")))
 
 
+def test_generate_in_small_chunks_writes_the_same_file(trained, tiny_model, tiny_bert, tmp_path, monkeypatch):
+    import eval.generate
+
+    whole = generate(cfg_for(trained, tiny_model, tiny_bert, use_merged=False, output_dir=str(tmp_path / "a")))
+    monkeypatch.setattr(eval.generate, "CHUNK_ROWS", 3)  # rows read, answered and written 3 at a time
+    chunked = generate(cfg_for(trained, tiny_model, tiny_bert, use_merged=False, output_dir=str(tmp_path / "b")))
+    assert chunked.read_bytes() == whole.read_bytes()
+    ids = [r["id"] for r in load_jsonl(whole)]
+    assert ids == [r["id"] for r in eval.generate.iter_eval_rows(cfg_for(trained, tiny_model, tiny_bert))]
+
+
+def test_predictions_are_put_in_data_order_keeping_the_first_of_a_repeat(tmp_path):
+    from eval.generate import _in_row_order
+
+    out = tmp_path / "p.jsonl"
+    lines = ['{"id": "c", "prediction": "3"}', '{"id": "a", "prediction": "1"}', '{"id": "c", "prediction": "x"}',
+             '{"id": "z", "prediction": "?"}', '{"id": "b", "prediction": "2"}']
+    out.write_text("\n".join(lines), encoding="utf-8")  # no newline after the last line either
+    _in_row_order(out, ["a", "b", "c"])
+    assert out.read_text(encoding="utf-8") == (
+        '{"id": "a", "prediction": "1"}\n{"id": "b", "prediction": "2"}\n{"id": "c", "prediction": "3"}\n'
+        '{"id": "z", "prediction": "?"}\n')
+    before = out.stat().st_mtime_ns
+    _in_row_order(out, ["a", "b", "c"])  # already in order: left as it is
+    assert out.stat().st_mtime_ns == before
+
+
 def test_tiny_bert_scores_identical_strings_one(tiny_bert):
     s = Scorer(str(tiny_bert), 2, "zh", batch_size=4)
     p, r, f = s.score(["钟离是男性", "岩元素", "钟离来自璃月"], ["钟离是男性", "雷元素", "丽莎来自蒙德"])
@@ -219,6 +246,10 @@ def test_score_a_foreign_predictions_file(tiny_model, tiny_bert, tmp_path):
     ("question,answer,prediction\nq,a,p\n,a2,p2\n", ".csv", r"row 3: empty 'question'"),
     ('{"question": "q", "answer": "", "prediction": "p"}\n', ".jsonl", r"row 1: empty 'answer'"),
     ("question,answer,prediction\n", ".csv", r"has no rows"),
+    ('{"question": "q", "answer": "a", "prediction": "p"}\n{"question": "q2", "answer"\n', ".jsonl",
+     r"line 2 is not JSON"),
+    ('{"question": "q", "answer": "a"}\n', ".jsonl", r"missing column\(s\) \['prediction'\]"),
+    ("\n", ".jsonl", r"has no rows"),
     ("x", ".txt", r"unsupported predictions format"),
 ])
 def test_bad_predictions_files(tiny_model, tmp_path, content, suffix, pattern):
