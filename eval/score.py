@@ -490,12 +490,23 @@ def write_report(rows: list[dict], summary: dict, out: Path) -> None:
             os.replace(tmp / name, out / name)
 
 
-def check_complete(cfg: Config, path: Path, rows: list[dict]) -> None:
+def _ids(path: Path) -> set[str]:
+    """The row ids of a predictions file the kit wrote, read line by line; a line a crash cut short is skipped."""
+    ids = set()
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                ids.add(json.loads(line).get("id"))
+            except (ValueError, AttributeError):
+                continue
+    return ids
+
+
+def check_complete(cfg: Config, path: Path, got: set[str]) -> None:
     """The kit's own predictions must cover every question of the evaluated splits."""
     from eval.generate import iter_eval_rows
 
     expected = {r["id"] for r in iter_eval_rows(cfg)}
-    got = {r.get("id") for r in rows}
     if got != expected:
         raise KitError(f"{path}: {len(got & expected)} of {len(expected)} questions answered "
                        f"({len(got - expected)} unknown rows); run `python -m eval.generate CONFIG` again to finish, "
@@ -522,9 +533,9 @@ def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None
                 models = {"base": cfg.predictions_file("base"), **models}
     loaded = {}
     for label, path in models.items():
+        if predictions is None and path.is_file():  # the kit's own file: one cut short by a stop is not scored
+            check_complete(cfg, path, _ids(path))
         loaded[label] = read_predictions(path)
-        if predictions is None:  # the kit's own file: one cut short by a stop is not scored
-            check_complete(cfg, path, loaded[label])
     counts = {label: sum(r.get("split") not in SPECIFICITY_SPLITS for r in rows) for label, rows in loaded.items()}
     if len(set(counts.values())) > 1:
         raise KitError(f"predictions to compare have different row counts {counts}; answer the same questions with "
