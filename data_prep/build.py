@@ -367,14 +367,6 @@ class Stats:
         }
 
 
-def stats(train: list[dict], test: list[dict]) -> dict:
-    counted = Stats()
-    for split, rows in (("train", train), ("test", test)):
-        for r in rows:
-            counted.add(split, r)
-    return counted.result()
-
-
 def write_rows(out_dir: Path, pairs: Iterable[tuple[str, dict]], data: DataConfig, extra: dict) -> dict:
     """Stream (split, row) pairs into train.jsonl / test.jsonl, then write stats.json; returns the stats.
 
@@ -408,8 +400,8 @@ def format_stats(s: dict) -> str:
              f"phrasings per fact: train {s['phrasings_per_fact']['train']}, test {s['phrasings_per_fact']['test']}",
              "per attribute (train/test): " + ", ".join(
                  f"{a} {n}/{s['per_attribute']['test'].get(a, 0)}" for a, n in s["per_attribute"]["train"].items()),
-             "per entity (train/test): " + ", ".join(
-                 f"{e} {n}/{s['per_entity']['test'].get(e, 0)}" for e, n in islice(s["per_entity"]["train"].items(), 20))
+             "per entity (train/test): " + ", ".join(f"{e} {n}/{s['per_entity']['test'].get(e, 0)}"
+                                                    for e, n in islice(s["per_entity"]["train"].items(), 20))
              + (f", ... ({len(s['per_entity']['train']) - 20} more in stats.json)"
                 if len(s["per_entity"]["train"]) > 20 else "")]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from kit.chat import THINK_CLOSE, generation_prompt, opens_think, strip_think
+from kit.chat import THINK_CLOSE, final_answer, generation_prompt, opens_think
 from kit.config import Config, parse_args, run_main
 
 HELP = "/reset forgets the conversation, /quit leaves; Ctrl-C stops an answer"
@@ -87,7 +87,7 @@ class Chat:
         worker.join()
         if failed:
             raise failed[0]
-        answer = strip_think(shown.raw) if self.cfg.model.thinking == "strip" else shown.raw.strip()
+        answer = final_answer(shown.raw, self.cfg.model.thinking)
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
         return answer
 

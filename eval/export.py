@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from eval.gguf import FORMATS, ExportError, check_architecture, modelfile, ollama_template, write_gguf
 from kit.config import Config, parse_args, run_main
@@ -87,13 +88,11 @@ def write_all(cfg: Config) -> list[dict]:
     out_dir = export_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(str(cfg.merged_dir), cfg.model.trust_remote_code)
-    gen = json.loads((cfg.merged_dir / "generation_config.json").read_text(encoding="utf-8")) \
-        if (cfg.merged_dir / "generation_config.json").is_file() else {}
-
-    class _Gen:  # stop_token_ids reads model.generation_config.eos_token_id
-        generation_config = type("G", (), {"eos_token_id": gen.get("eos_token_id")})()
-
-    stops = stop_token_ids(tok, _Gen())
+    gen_file = cfg.merged_dir / "generation_config.json"
+    gen = json.loads(gen_file.read_text(encoding="utf-8")) if gen_file.is_file() else {}
+    # stop_token_ids reads model.generation_config.eos_token_id: the merged model's, without loading its weights
+    merged = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=gen.get("eos_token_id")))
+    stops = stop_token_ids(tok, merged)
     template = ollama_template(tok, cfg.model.thinking)  # a template Ollama cannot follow fails before any write
     stop_text = [tok.convert_ids_to_tokens(i) for i in stops]
     written = []
@@ -123,12 +122,12 @@ def test_rows(cfg: Config) -> list[dict]:
 
 
 def answer_with_kit(cfg: Config, model, tok, rows: list[dict]) -> list[str]:
-    from kit.chat import generation_prompt, strip_think
+    from kit.chat import final_answer, generation_prompt
     from kit.generation import generate_batched
 
     prompts = [generation_prompt(tok, r["messages"][:-1]) for r in rows]
     raw = generate_batched(model, tok, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
-    return [strip_think(a) if cfg.model.thinking == "strip" else a.strip() for a in raw]
+    return [final_answer(a, cfg.model.thinking) for a in raw]
 
 
 def load_gguf_with_transformers(path: Path):
@@ -159,7 +158,7 @@ def load_llama_cpp(path: Path, n_ctx: int = 1024, logits_all: bool = False):
 def answer_with_llama_cpp(cfg: Config, path: Path, rows: list[dict]) -> list[str]:
     """Greedy answers from llama.cpp's chat completion: the prompt is rendered by llama-cpp-python from the chat
     template stored in the GGUF (not by the kit), and generation stops at the file's end-of-generation tokens."""
-    from kit.chat import strip_think
+    from kit.chat import final_answer
 
     llm = load_llama_cpp(path)
     out = []
@@ -167,7 +166,7 @@ def answer_with_llama_cpp(cfg: Config, path: Path, rows: list[dict]) -> list[str
         got = llm.create_chat_completion(messages=r["messages"][:-1], temperature=0.0, top_k=1,
                                          max_tokens=cfg.eval.max_new_tokens, seed=0)
         text = got["choices"][0]["message"]["content"] or ""
-        out.append(strip_think(text) if cfg.model.thinking == "strip" else text.strip())
+        out.append(final_answer(text, cfg.model.thinking))
     return out
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from kit.chat import generation_prompt, strip_think
+from kit.chat import final_answer, generation_prompt
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import atomic_file, iter_jsonl, write_text_atomic
 from kit.generation import generate_batched
@@ -246,7 +246,7 @@ def generate_with_vllm(cfg: Config, which: str, rows: list[dict], path: str,
 
 
 def prediction_row(r: dict, raw: str, thinking: str) -> dict:
-    pred = strip_think(raw) if thinking == "strip" else raw.strip()
+    pred = final_answer(raw, thinking)
     return {"id": r["id"], "split": r["split"], "question": r["messages"][-2]["content"],
             "answer": r["messages"][-1]["content"], "prediction": pred, "raw_prediction": raw,
             "entity": r["entity"], "attribute": r["attribute"], "value": r["value"], "expected": r["expected"],

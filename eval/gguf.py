@@ -113,9 +113,9 @@ class Vocab:
 def vocab_of(tok, n_vocab: int, stops: list[int]) -> Vocab:
     g = _gguf()
     spec = json.loads(tok.backend_tokenizer.to_str())
-    if spec["model"]["type"] != "BPE" or not any(s.get("type") == "ByteLevel" for s in
-                                                  [spec.get("decoder") or {}, *(spec["decoder"] or {}).get(
-                                                      "decoders", [])]):
+    decoder = spec.get("decoder") or {}
+    if spec["model"]["type"] != "BPE" or not any(d.get("type") == "ByteLevel"
+                                                  for d in [decoder, *decoder.get("decoders", [])]):
         raise ExportError(f"tokenizer model '{spec['model']['type']}' (not byte-level BPE) is not exported by the "
                           f"kit; convert with llama.cpp's convert_hf_to_gguf.py")
     by_id = {i: t for t, i in tok.get_vocab().items()}

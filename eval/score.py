@@ -40,8 +40,8 @@ def read_predictions(path: Path) -> list[dict]:
         return _check_rows(path, _read_jsonl_rows(path), first=1)
     text = io.StringIO(read_text(path, "predictions file"))
     try:
-        if path.suffix.lower() in (".jsonl", ".json"):
-            df = pd.read_json(text, lines=path.suffix.lower() == ".jsonl", dtype=False)
+        if path.suffix.lower() == ".json":
+            df = pd.read_json(text, dtype=False)
         elif path.suffix.lower() in (".csv", ".tsv"):
             df = pd.read_csv(text, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str,
                              keep_default_na=False)

@@ -21,6 +21,12 @@ def opens_think(prompt: str) -> bool:
     return prompt.rstrip().endswith(THINK_OPEN)
 
 
+def final_answer(raw: str, thinking: str) -> str:
+    """The answer as the report scores it: without its reasoning when model.thinking is "strip", else stripped of
+    surrounding whitespace."""
+    return strip_think(raw) if thinking == "strip" else raw.strip()
+
+
 def strip_think(text: str) -> str:
     """The answer without its reasoning: everything up to the last </think>, or after a dangling <think>."""
     if THINK_CLOSE in text:

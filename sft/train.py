@@ -206,7 +206,7 @@ def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path) -> lis
     import hashlib
 
     from kit.specificity import replay_prompts
-    from kit.chat import strip_think
+    from kit.chat import final_answer
 
     prompts = replay_prompts(cfg.data.language)[: cfg.data.replay]  # at most all of them: checked in kit.config
     system = [{"role": "system", "content": cfg.data.system_prompt}] if cfg.data.system_prompt else []
@@ -221,7 +221,7 @@ def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path) -> lis
                                   for p in prompts], cfg.eval.max_new_tokens)
     rows = []
     for prompt, raw in zip(prompts, answers):
-        text = strip_think(raw) if cfg.model.thinking == "strip" else raw.strip()
+        text = final_answer(raw, cfg.model.thinking)
         rows.append({"id": hashlib.sha1(f"replay\x1f{prompt}".encode()).hexdigest()[:12], "key": key,
                      "messages": system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}],
                      "entity": "", "attribute": "", "value": "", "expected": "", "template": "replay", "turns": 1})
