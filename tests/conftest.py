@@ -4,6 +4,7 @@ templates, and random Llama models of hidden size 32, saved to a temp dir. No hu
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -123,6 +124,32 @@ def tiny_bert(tmp_path_factory) -> Path:
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=128)).save_pretrained(out)
     return out
+
+
+TINY_ROLES = {"钟离": {"性别": "成年男性", "国籍": "璃月", "元素力": "岩元素"},
+         "丽莎": {"性别": "成年女性", "国籍": "蒙德", "元素力": "雷元素"}}
+
+
+def tiny_run_config(model_dir, root: Path, bert=None, **eval_):
+    """A run on a tiny model: two characters, 12 training steps, small eval settings (overridable), BERTScore
+    with the tiny BERT when given."""
+    from kit.config import build_config
+
+    src = root / "roles.json"
+    if not src.exists():
+        src.write_text(json.dumps(TINY_ROLES, ensure_ascii=False), encoding="utf-8")
+    e = {"merge_dtype": "float32", "batch_size": 4, "max_new_tokens": 12}
+    if bert:
+        e.update(bertscore_model=str(bert), bertscore_layer=2)
+    e.update(eval_)
+    return build_config({
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"source": str(src), "max_train_phrasings": 4},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {"max_steps": 12, "learning_rate": 2e-2, "eval_strategy": "no", "save_strategy": "no",
+                  "logging_steps": 4, "show_examples": 0},
+        "eval": e,
+        "output_dir": str(root / "run")})
 
 
 def write_config(path: Path, **sections) -> Path:

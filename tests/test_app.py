@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from eval.app import ALL, build_app, figures_html, load_chats, table
-from kit.config import build_config
 
-ROLES = {"钟离": {"性别": "成年男性", "国籍": "璃月", "元素力": "岩元素"},
-         "丽莎": {"性别": "成年女性", "国籍": "蒙德", "元素力": "雷元素"}}
+from .conftest import tiny_run_config
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
@@ -58,17 +57,7 @@ def test_figures_come_from_the_summary():
 
 
 def make_cfg(root: Path, model: Path, bert: Path):
-    src = root / "roles.json"
-    src.write_text(json.dumps(ROLES, ensure_ascii=False), encoding="utf-8")
-    return build_config({
-        "model": {"name_or_path": str(model)},
-        "data": {"source": str(src), "max_train_phrasings": 4},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "train": {"max_steps": 12, "learning_rate": 2e-2, "eval_strategy": "no", "save_strategy": "no",
-                  "logging_steps": 4, "show_examples": 0},
-        "eval": {"merge_dtype": "float32", "batch_size": 16, "max_new_tokens": 8, "compare_base": True,
-                 "specificity": False, "bertscore_model": str(bert), "bertscore_layer": 2},
-        "output_dir": str(root / "run")})
+    return tiny_run_config(model, root, bert, batch_size=16, max_new_tokens=8, compare_base=True, specificity=False)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,31 +10,14 @@ from eval.generate import generate
 from kit.files import load_jsonl
 from eval.merge import merge
 from eval.score import Scorer, markdown, score, score_rows, summarise, value_match
-from kit.config import KitError, build_config
+from kit.config import KitError
 from kit.generation import generate_batched, reference_greedy
 from kit.chat import generation_prompt
 from sft.train import train
 
-ROLES = {"钟离": {"性别": "成年男性", "国籍": "璃月", "元素力": "岩元素"},
-         "丽莎": {"性别": "成年女性", "国籍": "蒙德", "元素力": "雷元素"}}
+from .conftest import tiny_run_config
 
-
-def make_cfg(model_dir, root: Path, bert=None, **eval_):
-    src = root / "roles.json"
-    if not src.exists():
-        src.write_text(json.dumps(ROLES, ensure_ascii=False), encoding="utf-8")
-    e = {"merge_dtype": "float32", "batch_size": 4, "max_new_tokens": 12}
-    if bert:
-        e.update(bertscore_model=str(bert), bertscore_layer=2)
-    e.update(eval_)
-    return build_config({
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"source": str(src), "max_train_phrasings": 4},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "train": {"max_steps": 12, "learning_rate": 2e-2, "eval_strategy": "no", "save_strategy": "no",
-                  "logging_steps": 4, "show_examples": 0},
-        "eval": e,
-        "output_dir": str(root / "run")})
+make_cfg = tiny_run_config  # (model_dir, root, bert=None, **eval overrides)
 
 
 @pytest.fixture(scope="session")
