@@ -19,8 +19,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from data_prep.sources import Attributes, Conversations, DataError, is_hub, load_source
-from data_prep.templates import REVERSE, Banks, load_banks, render, template_id
+from data_prep.sources import Attributes, Conversations, DataError, ListValue, is_hub, load_source
+from data_prep.templates import REVERSE, Bank, Banks, bank_files, humanise, join_items, load_banks, render, template_id
 from kit.config import Config, DataConfig, parse_args, run_main
 from kit.files import atomic_file, write_text_atomic
 from kit.specificity import is_reverse
@@ -50,17 +50,32 @@ def _unit(*parts: object) -> float:
     return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "big") / 2**64
 
 
-def _fact_slots(entity: str, attribute: str, value: str, gender: dict[str, str] | None) -> dict[str, str]:
-    slots = {"entity": entity, "attribute": attribute, "value": value,
+def _fact_slots(entity: str, attribute: str, value: str, gender: dict[str, str] | None,
+                language: str) -> dict[str, str]:
+    """Placeholder values: the attribute key read as words (start_year -> start year), a list value with every item
+    named ("Yoruba and Portuguese")."""
+    if isinstance(value, ListValue):
+        value = join_items(value.items, language)
+    slots = {"entity": entity, "attribute": humanise(attribute), "value": value,
              "gender": value, "honorific": "", "pronoun": entity}
     if gender:
         slots.update(gender)
     return slots
 
 
-def _held_out(questions: list[str], bank_name: str, attribute: str, test_size: float, seed: int) -> set[str]:
+def _expected(bank: Bank, slots: dict[str, str], value: str) -> str:
+    """What a right answer must contain: the bank's match; each item of a list value (" | ", as value match reads)."""
+    if isinstance(value, ListValue) and bank.match == "{value}":
+        return " | ".join(value.items)
+    return render(bank.match, slots)
+
+
+def _held_out(bank: Bank, bank_name: str, attribute: str, test_size: float, seed: int) -> set[str]:
     """Question templates kept for the test set, chosen per attribute (never per entity), so a held-out phrasing is
-    never seen in training with any entity."""
+    never seen in training with any entity: the bank's own `held_out` list when it has one."""
+    if bank.held_out:
+        return set(bank.held_out)
+    questions = bank.questions
     n_test = max(1, round(len(questions) * test_size))
     if n_test >= len(questions):
         raise DataError(f"question bank '{bank_name}' (attribute \"{attribute}\") has {len(questions)} phrasing(s): "
@@ -95,11 +110,11 @@ def stream(attrs: Attributes, data: DataConfig, banks: Banks) -> Iterator[tuple[
         entity_train: list[dict] = []
         for attribute, value in attrs[entity].items():
             bank_name, bank = banks.for_attribute(attribute)
-            slots = _fact_slots(entity, attribute, value, gender)
-            expected = render(bank.match, slots)
+            slots = _fact_slots(entity, attribute, value, gender, data.language)
+            expected = _expected(bank, slots, value)
             rng = _rng(seed, "fact", entity, attribute)
             if data.split == "phrasing" and attribute not in held:
-                held[attribute] = _held_out(bank.questions, bank_name, attribute, data.test_size, seed)
+                held[attribute] = _held_out(bank, bank_name, attribute, data.test_size, seed)
             rows = _phrasings(bank, bank_name, slots, data, rng, held.get(attribute, set()),
                               entity in test_entities, ("row", entity, attribute))
             for split, items in rows.items():
@@ -139,7 +154,7 @@ def _phrasings(bank, bank_name: str, slots: dict[str, str], data: DataConfig, rn
     train."""
     rows: dict[str, list[dict]] = {"train": [], "test": []}
     seen: dict[str, str] = {}
-    for template in bank.questions:
+    for template in bank.questions + bank.held_out:
         question = render(template, slots)
         if data.split == "phrasing":
             split = "test" if template in held else "train"
@@ -176,13 +191,13 @@ def _reverse(attrs: Attributes, data: DataConfig, banks: Banks,
             owners[normalise(value)].add(entity)
     bank = banks.reverse
     gender_keys = {k.lower() for k in banks.gender_keys}  # "who is an adult male?" has no single answer
-    held = _held_out(bank.questions, REVERSE, REVERSE, data.test_size, data.seed) if data.split == "phrasing" else set()
+    held = _held_out(bank, REVERSE, REVERSE, data.test_size, data.seed) if data.split == "phrasing" else set()
     for entity, values in attrs.items():
         gender = banks.gender_slots(values)
         for attribute, value in values.items():
             if len(owners[normalise(value)]) != 1 or attribute.strip().lower() in gender_keys:
                 continue
-            slots = _fact_slots(entity, attribute, value, gender)
+            slots = _fact_slots(entity, attribute, value, gender, data.language)
             rng = _rng(data.seed, "reverse", entity, attribute)
             rows = _phrasings(bank, REVERSE, slots, data, rng, held, entity in test_entities,
                               ("reverse", entity, attribute))
@@ -202,12 +217,12 @@ def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, banks:
     attributes = list(dict.fromkeys(a for values in attrs.values() for a in values))
     rows = []
     for name in invented_names(data.language, data.unknown_entities, set(attrs), "train"):
-        slots = _fact_slots(name, "", "", None)
+        slots = _fact_slots(name, "", "", None, data.language)
         for attribute in attributes:
             bank_name, bank = banks.for_attribute(attribute)
             phrasings = [q for q in bank.questions if q not in held.get(attribute, ())]
             template = _rng(data.seed, "unknown", name, attribute).choice(phrasings)
-            item = {"question": render(template, {**slots, "attribute": attribute}),
+            item = {"question": render(template, {**slots, "attribute": humanise(attribute)}),
                     "answer": UNKNOWN_ANSWER[data.language].format(entity=name), "template": "unknown"}
             rows.append(_row(name, attribute, "", "", item, data))
     return rows
@@ -307,9 +322,9 @@ def _source_exists(source: str) -> bool:
     return is_hub(source) or Path(source).expanduser().exists()
 
 
-def fingerprint(data: DataConfig) -> str:
+def fingerprint(data: DataConfig, banks: list[str] | None = None) -> str:
     """What the built files depend on: the input bytes (every file of a save_to_disk directory; a hub dataset by
-    its id only), the banks and the data settings."""
+    its id only), the banks (`banks`: the user's, data.templates when not given) and the data settings."""
     h = hashlib.sha256()
     source = Path(data.source).expanduser()
     if is_hub(data.source):
@@ -319,9 +334,11 @@ def fingerprint(data: DataConfig) -> str:
             h.update(str(f.relative_to(source)).encode() + b"\0" + f.read_bytes())
     else:
         h.update(source.read_bytes())
-    for path in [Path(__file__).parent / "templates" / f"{data.language}.yaml", *map(Path, data.templates)]:
+    for path in [Path(__file__).parent / "templates" / f"{data.language}.yaml",
+                 *map(Path, data.templates if banks is None else banks)]:
         h.update(path.expanduser().read_bytes() if path.expanduser().is_file() else b"")
-    settings = {k: v for k, v in vars(data).items() if k != "output_dir"}
+    # data_prep.phrase's settings change the rows only through the bank file it writes, hashed above
+    settings = {k: v for k, v in vars(data).items() if k != "output_dir" and not k.startswith("phrasing")}
     h.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode())
     return h.hexdigest()[:16]
 
@@ -426,12 +443,12 @@ def _build(cfg: Config) -> Path:
             print(f"note: {', '.join('data.' + k for k in skipped)} ignored: {data.source} is a conversation "
                   f"dataset, and these rows are built from attributes")
     else:
-        pairs = stream(source, data, load_banks(data.language, data.templates, data.templates_mode))
+        pairs = stream(source, data, load_banks(data.language, bank_files(cfg, say=True), data.templates_mode))
     out = cfg.data_dir
     new_dir = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        s = write_rows(out, pairs, data, {"fingerprint": fingerprint(data), "source": str(data.source),
+        s = write_rows(out, pairs, data, {"fingerprint": fingerprint(data, bank_files(cfg)), "source": str(data.source),
                                           "split": data.split})
     except BaseException:
         if new_dir is not None:  # made for this build: a failed build leaves nothing behind
@@ -447,7 +464,8 @@ def ensure_built(cfg: Config) -> Path:
     if stats_file.is_file() and (cfg.data_dir / "train.jsonl").is_file() and (cfg.data_dir / "test.jsonl").is_file():
         if not _source_exists(cfg.data.source):  # prebuilt data without its source: use as is
             return cfg.data_dir
-        if json.loads(stats_file.read_text(encoding="utf-8")).get("fingerprint") == fingerprint(cfg.data):
+        if json.loads(stats_file.read_text(encoding="utf-8")).get("fingerprint") == fingerprint(cfg.data,
+                                                                                                bank_files(cfg)):
             return cfg.data_dir
     return build(cfg)
 

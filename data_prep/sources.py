@@ -127,6 +127,23 @@ def _read_json(path: Path) -> object:
         raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
 
 
+class ListValue(str):
+    """A value given as a list (["Yoruba", "Portuguese"]): the text is the items joined as before ("Yoruba,
+    Portuguese"; "约鲁巴语、葡萄牙语"), and `items` keeps them, so answers can name every item ("Yoruba and
+    Portuguese") and value match can ask for each."""
+
+    items: tuple[str, ...]
+
+    def __new__(cls, items: list[str], language: str) -> "ListValue":
+        items = [v.strip() for v in items]
+        self = super().__new__(cls, ("、" if language == "zh" else ", ").join(items))
+        self.items = tuple(items)
+        return self
+
+    def strip(self, chars: str | None = None) -> str:  # table cells are stripped: keep the items
+        return self if chars is None else str.strip(self, chars)
+
+
 def _value_text(value: object, language: str) -> str | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -135,7 +152,7 @@ def _value_text(value: object, language: str) -> str | None:
     if isinstance(value, str):
         return value.strip()
     if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
-        return ("、" if language == "zh" else ", ").join(v.strip() for v in value)
+        return ListValue(value, language)
     return None
 
 

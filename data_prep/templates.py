@@ -7,11 +7,12 @@ replaces the built-in ones attribute by attribute (replace).
 from __future__ import annotations
 
 import hashlib
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.config import ConfigError, load_yaml
+from kit.config import Config, ConfigError, load_yaml
 from kit.specificity import REVERSE_BANK
 from kit.files import read_text
 
@@ -27,6 +28,9 @@ class Bank:
     answers: list[str]
     match: str = "{value}"
     aliases: list[str] = field(default_factory=list)
+    # Phrasings kept for the test split (data.split=phrasing) instead of a random choice among `questions`, e.g. the
+    # model-written ones data_prep.phrase sets apart: never used in training.
+    held_out: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -84,9 +88,19 @@ def _parse_bank(raw: object, where: str, errors: list[str], partial: bool = Fals
     if not isinstance(raw, dict):
         errors.append(f"{where}: must be a mapping with questions/answers/match, got {type(raw).__name__}")
         return None
-    unknown = set(raw) - {"questions", "answers", "match", "aliases"}
+    unknown = set(raw) - {"questions", "answers", "match", "aliases", "held_out"}
     if unknown:
-        errors.append(f"{where}: unknown key(s) {sorted(unknown)}; known: questions, answers, match, aliases")
+        errors.append(f"{where}: unknown key(s) {sorted(unknown)}; known: questions, answers, match, aliases, "
+                      f"held_out")
+    held_out = raw.get("held_out") or []
+    if not isinstance(held_out, list):
+        errors.append(f"{where}.held_out: must be a list of strings")
+        held_out = []
+    for i, text in enumerate(held_out):
+        _check_template(text, f"{where}.held_out[{i}]", errors)
+        if text in (raw.get("questions") or []):
+            errors.append(f"{where}.held_out[{i}]: '{text}' is also in questions; a held-out phrasing is for test "
+                          f"only, so keep it in one of the two lists")
     for key in ("questions", "answers"):
         items = raw.get(key)
         if items is None and partial:
@@ -103,7 +117,7 @@ def _parse_bank(raw: object, where: str, errors: list[str], partial: bool = Fals
         errors.append(f"{where}.aliases: must be a list of strings")
         aliases = []
     return Bank(questions=list(raw.get("questions") or []), answers=list(raw.get("answers") or []),
-                match=raw.get("match", "{value}"), aliases=aliases)
+                match=raw.get("match", "{value}"), aliases=aliases, held_out=list(held_out))
 
 
 def _read(path: Path, errors: list[str], partial: bool) -> dict:
@@ -150,7 +164,8 @@ def load_banks(language: str, extra: list[str] | None = None, mode: str = "exten
                 merged = Bank(questions=own.questions + [q for q in bank.questions if q not in own.questions],
                               answers=own.answers + [a for a in bank.answers if a not in own.answers],
                               match=bank.match if bank.match != "{value}" else own.match,
-                              aliases=own.aliases + bank.aliases)
+                              aliases=own.aliases + bank.aliases,
+                              held_out=own.held_out + [q for q in bank.held_out if q not in own.held_out])
             else:
                 if not bank.questions or not bank.answers:
                     errors.append(f"{path}: bank '{name}' needs both questions and answers (it is new here)")
@@ -167,6 +182,35 @@ def load_banks(language: str, extra: list[str] | None = None, mode: str = "exten
     if errors:
         raise ConfigError("question templates: " + f"{len(errors)} problem(s):\n  " + "\n  ".join(errors))
     return Banks(language, attributes, generic, reverse, list(gender_keys or []), dict(gender_words or {}))
+
+
+def bank_files(cfg: Config, say: bool = False) -> list[str]:
+    """The user's banks: data.templates, then the phrasings data_prep.phrase wrote into output_dir, when there."""
+    files = list(cfg.data.templates)
+    written = cfg.phrasings_file
+    if written.is_file() and str(written) not in files:
+        files.append(str(written))
+        if say:
+            print(f"question banks: using the model-written phrasings in {written} (data_prep.phrase; edit it, or "
+                  f"delete it to go back to the generic phrasings)")
+    return files
+
+
+def humanise(key: str) -> str:
+    """An attribute key as words, for the questions: start_year -> start year, officeCity -> office city,
+    spoken-languages -> spoken languages; other keys (性别, Nationality) unchanged."""
+    text = re.sub(r"(?<=[a-z0-9])([A-Z])(?=[a-z])", lambda m: " " + m.group(1).lower(), key)
+    return " ".join(re.sub(r"[_\-]+", " ", text).split()) or key
+
+
+def join_items(items: list[str] | tuple[str, ...], language: str) -> str:
+    """Every item of a list value, as a person says them: "Yoruba and Portuguese", "A, B and C", "约鲁巴语和葡萄牙语",
+    "甲、乙和丙"."""
+    items = list(items)
+    if len(items) < 2:
+        return "".join(items)
+    sep, last = ("、", "和") if language == "zh" else (", ", " and ")
+    return sep.join(items[:-1]) + last + items[-1]
 
 
 def render(template: str, slots: dict[str, str]) -> str:

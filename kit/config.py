@@ -100,6 +100,13 @@ class DataConfig:
     # The base model's own greedy answers to this many general prompts (kit/probes/replay_<language>.txt, never the
     # eval probes), made once before training and mixed into train: keeps it a chat model outside the facts.
     replay: int = 0
+    # data_prep.phrase: the chat model that writes phrasings for attributes without a bank (None: model.name_or_path;
+    # a hub id, a local directory or a .gguf file), how many candidates it samples per attribute, how many it keeps
+    # (most specific first) and the fewest it must keep, else it names the attribute to write a bank for.
+    phrasing_model: str | None = None
+    phrasing_candidates: int = 96
+    phrasing_kept: int = 16
+    phrasing_min: int = 6
 
 
 @dataclass
@@ -219,6 +226,11 @@ class Config:
     @property
     def data_dir(self) -> Path:
         return Path(self.data.output_dir) if self.data.output_dir else self.out / "data"
+
+    @property
+    def phrasings_file(self) -> Path:
+        """The bank data_prep.phrase writes (model-written phrasings); build uses it when it is there."""
+        return self.out / "phrasings.yaml"
 
     @property
     def adapter_dir(self) -> Path:
@@ -408,6 +420,10 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     for name in ("unknown_entities", "replay"):
         if getattr(cfg.data, name) < 0:
             errors.append(f"data.{name}: must be >= 0, got {getattr(cfg.data, name)}")
+    d = cfg.data
+    if not 1 <= d.phrasing_min <= d.phrasing_kept <= d.phrasing_candidates:
+        errors.append(f"data.phrasing_min, data.phrasing_kept, data.phrasing_candidates: need 1 <= min <= kept <= "
+                      f"candidates, got {d.phrasing_min}, {d.phrasing_kept}, {d.phrasing_candidates}")
     if cfg.data.replay > 0:
         from kit.specificity import replay_prompts
 
