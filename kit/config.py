@@ -104,7 +104,7 @@ class DataConfig:
     # a hub id, a local directory or a .gguf file), how many candidates it samples per attribute, how many it keeps
     # (most specific first) and the fewest it must keep, else it names the attribute to write a bank for.
     phrasing_model: str | None = None
-    phrasing_candidates: int = 96
+    phrasing_candidates: int = 64
     phrasing_kept: int = 16
     phrasing_min: int = 6
 
