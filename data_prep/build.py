@@ -466,6 +466,7 @@ def ensure_built(cfg: Config) -> Path:
             return cfg.data_dir
         if json.loads(stats_file.read_text(encoding="utf-8")).get("fingerprint") == fingerprint(cfg.data,
                                                                                                 bank_files(cfg)):
+            bank_files(cfg, say=True)  # built with them: say so, as a build would
             return cfg.data_dir
     return build(cfg)
 

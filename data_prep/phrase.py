@@ -128,6 +128,11 @@ def check_question(template: str | None, language: str, values: list[str], kept:
     low, high = LENGTH[language]
     if not low <= len(words) <= high:
         return "length"
+    plain = normalise(template.replace("{entity}", ""))
+    for value in values:
+        for piece in [value, *getattr(value, "items", ())]:
+            if len(normalise(piece)) >= 2 and normalise(piece) in plain:
+                return "gives the value away"
     text = unicodedata.normalize("NFKC", template).lower()
     if language == "en":
         if not (text.rstrip().endswith("?") or words[0] in QUESTION_WORDS["en"]):
@@ -135,18 +140,14 @@ def check_question(template: str | None, language: str, values: list[str], kept:
         if re.search(r"\b(you|your|i|my|me)\b", text.replace("do you know", "").replace("can you tell me", "")
                      .replace("could you tell me", "").replace("tell me", "")):
             return "not about the person"
-        if re.search(r"\b[A-Z]\b", template.replace("{entity}", "").replace(" I ", " ")):
+        # a capital after the first word is a name or a place (or made-up caps) the attribute did not give
+        if re.search(r"(?<!^)\b[A-Z]", template.replace("{entity}", "").replace(" I ", " ").lstrip()):
             return "names someone else"
     else:
         if not (text.rstrip().endswith("?") or any(w in template for w in QUESTION_WORDS["zh"])):
             return "not a question"
         if re.search(r"[A-Za-z]", template.replace("{entity}", "")):
             return "names someone else"
-    plain = normalise(template.replace("{entity}", ""))
-    for value in values:
-        for piece in [value, *getattr(value, "items", ())]:
-            if len(normalise(piece)) >= 2 and normalise(piece) in plain:
-                return "gives the value away"
     for other in kept:
         if normalise(other.replace("{entity}", "")) == plain:
             return "repeat"

@@ -96,6 +96,8 @@ VALUES = ["Lisbon", "Osaka", "Dublin"]
     ("{entity}?", "length"),
     ("{entity} works somewhere nice and sunny.", "not a question"),
     ("Does {entity} work with Y in the city?", "names someone else"),
+    ("How does {entity}'s speech resemble YORUEBI?", "names someone else"),
+    ("{entity}: which city is the office in?", None),
     ("{entity}在哪个城市工作?", "wrong language"),
 ])
 def test_question_check_on_written_candidates(template, why):
@@ -192,6 +194,9 @@ def test_phrase_writes_a_bank_that_build_uses_without_the_model(tmp_path, canned
                               "What city is {entity}'s office in?", "Where does {entity} work?",
                               "Tell me the city where {entity} works."]
     assert bank.held_out == ["Which office is {entity} based at?"]  # round(6 * 0.2) = 1, mid-ranking
+    for held in bank.held_out:  # really new: no train phrasing of the same family
+        assert all(phrase_mod._overlap(phrase_mod._words(held, "en"), phrase_mod._words(q, "en")) < phrase_mod.FAMILY
+                   for q in bank.questions)
     assert bank.answers == ["{entity}'s office city is {value}.", "{entity} works in {value}.",
                             "{entity}'s office is in {value}."]
     assert "# office_city: 12 candidates; kept 6; dropped: " in text
