@@ -326,9 +326,9 @@ def write_for(writer: Writer, attribute: str, attrs: Attributes, banks: Banks, c
     if len(best) < data.phrasing_min:  # too few: reported (with this count) by phrase(), nothing written
         got.questions = best
         return got
-    n_held = max(1, round(len(best) * data.test_size))
+    n_held = min(max(1, round(len(best) * data.test_size)), len(best) - 1)  # at least one left to train on
     # Held out: every k-th of the ranked list, so test gets good and weaker phrasings alike.
-    step = len(best) / n_held
+    step = len(best) / max(1, n_held)
     held_idx = {int(step * i + step / 2) for i in range(n_held)}
     got.held_out = [q for i, q in enumerate(best) if i in held_idx]
     got.questions = [q for i, q in enumerate(best) if i not in held_idx]

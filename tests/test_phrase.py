@@ -238,6 +238,21 @@ def test_too_few_good_phrasings_names_the_attribute_and_writes_nothing(tmp_path,
     assert not cfg.phrasings_file.exists()
 
 
+def test_a_single_kept_phrasing_is_trained_on_not_held_out(tmp_path, monkeypatch):
+    class OneGood(CannedWriter):
+        REPLIES = ["Which city does X work in?"]
+
+    monkeypatch.setattr(phrase_mod, "Writer", OneGood)
+    src = tmp_path / "staff.json"
+    src.write_text(json.dumps({k: {"occupation": v["occupation"], "office_city": v["office_city"]}
+                               for k, v in STAFF.items()}), encoding="utf-8")
+    cfg = build_config({"model": {"name_or_path": "canned"}, "output_dir": str(tmp_path / "run"),
+                        "data": {"source": str(src), "language": "en", "phrasing_candidates": 4,
+                                 "phrasing_kept": 4, "phrasing_min": 1}})
+    bank = load_banks("en", [str(phrase(cfg))]).attributes["office_city"]
+    assert (bank.questions, bank.held_out) == (["Which city does {entity} work in?"], [])
+
+
 def test_nothing_to_write_when_every_attribute_has_a_bank(tmp_path, canned, capsys):
     src = tmp_path / "roles.json"
     src.write_text(json.dumps({"A": {"nation": "x", "role": "y"}, "B": {"nation": "z", "role": "w"}}),
