@@ -170,18 +170,22 @@ class CannedWriter:
                 else -5.0 if "Tell me about" in q else -3.0 for q, a in pairs]
 
 
+def office_config(tmp_path, **data):
+    """Staff with one banked attribute (occupation) and one without (office_city)."""
+    src = tmp_path / "staff.json"
+    src.write_text(json.dumps({k: {"occupation": v["occupation"], "office_city": v["office_city"]}
+                               for k, v in STAFF.items()}), encoding="utf-8")
+    return build_config({"model": {"name_or_path": "canned"}, "output_dir": str(tmp_path / "run"),
+                         "data": {"source": str(src), "language": "en", **data}})
+
+
 @pytest.fixture
 def canned(monkeypatch):
     monkeypatch.setattr(phrase_mod, "Writer", CannedWriter)
 
 
 def test_phrase_writes_a_bank_that_build_uses_without_the_model(tmp_path, canned, monkeypatch, capsys):
-    src = tmp_path / "staff.json"
-    src.write_text(json.dumps({k: {"occupation": v["occupation"], "office_city": v["office_city"]}
-                               for k, v in STAFF.items()}), encoding="utf-8")
-    cfg = build_config({"model": {"name_or_path": "canned"}, "output_dir": str(tmp_path / "run"),
-                        "data": {"source": str(src), "language": "en", "phrasing_candidates": 12,
-                                 "phrasing_kept": 6, "phrasing_min": 4}})
+    cfg = office_config(tmp_path, phrasing_candidates=12, phrasing_kept=6, phrasing_min=4)
     out = phrase(cfg)
     assert out == tmp_path / "run" / "phrasings.yaml"
     text = out.read_text(encoding="utf-8")
@@ -243,12 +247,7 @@ def test_a_single_kept_phrasing_is_trained_on_not_held_out(tmp_path, monkeypatch
         REPLIES = ["Which city does X work in?"]
 
     monkeypatch.setattr(phrase_mod, "Writer", OneGood)
-    src = tmp_path / "staff.json"
-    src.write_text(json.dumps({k: {"occupation": v["occupation"], "office_city": v["office_city"]}
-                               for k, v in STAFF.items()}), encoding="utf-8")
-    cfg = build_config({"model": {"name_or_path": "canned"}, "output_dir": str(tmp_path / "run"),
-                        "data": {"source": str(src), "language": "en", "phrasing_candidates": 4,
-                                 "phrasing_kept": 4, "phrasing_min": 1}})
+    cfg = office_config(tmp_path, phrasing_candidates=4, phrasing_kept=4, phrasing_min=1)
     bank = load_banks("en", [str(phrase(cfg))]).attributes["office_city"]
     assert (bank.questions, bank.held_out) == (["Which city does {entity} work in?"], [])
 
