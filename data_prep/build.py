@@ -20,7 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from data_prep.sources import Attributes, Conversations, DataError, ListValue, is_hub, load_source
-from data_prep.templates import REVERSE, Bank, Banks, bank_files, humanise, join_items, load_banks, render, template_id
+from data_prep.templates import (REVERSE, Bank, Banks, bank_files, humanise, load_banks, render, spoken,
+                                 template_id)
 from kit.config import Config, DataConfig, parse_args, run_main
 from kit.files import atomic_file, write_text_atomic
 from kit.specificity import is_reverse
@@ -54,8 +55,7 @@ def _fact_slots(entity: str, attribute: str, value: str, gender: dict[str, str] 
                 language: str) -> dict[str, str]:
     """Placeholder values: the attribute key read as words (start_year -> start year), a list value with every item
     named ("Yoruba and Portuguese")."""
-    if isinstance(value, ListValue):
-        value = join_items(value.items, language)
+    value = spoken(value, language)
     slots = {"entity": entity, "attribute": humanise(attribute), "value": value,
              "gender": value, "honorific": "", "pronoun": entity}
     if gender:
@@ -435,6 +435,7 @@ def build(cfg: Config) -> Path:
 def _build(cfg: Config) -> Path:
     data = cfg.data
     source = load_source(data.source, data.language, data.entity_column)
+    banks = bank_files(cfg, say=not isinstance(source, Conversations))
     if isinstance(source, Conversations):
         train, test = conversation_rows(source, data)
         pairs: Iterable[tuple[str, dict]] = [*(("train", r) for r in train), *(("test", r) for r in test)]
@@ -443,12 +444,12 @@ def _build(cfg: Config) -> Path:
             print(f"note: {', '.join('data.' + k for k in skipped)} ignored: {data.source} is a conversation "
                   f"dataset, and these rows are built from attributes")
     else:
-        pairs = stream(source, data, load_banks(data.language, bank_files(cfg, say=True), data.templates_mode))
+        pairs = stream(source, data, load_banks(data.language, banks, data.templates_mode))
     out = cfg.data_dir
     new_dir = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        s = write_rows(out, pairs, data, {"fingerprint": fingerprint(data, bank_files(cfg)), "source": str(data.source),
+        s = write_rows(out, pairs, data, {"fingerprint": fingerprint(data, banks), "source": str(data.source),
                                           "split": data.split})
     except BaseException:
         if new_dir is not None:  # made for this build: a failed build leaves nothing behind
@@ -464,9 +465,10 @@ def ensure_built(cfg: Config) -> Path:
     if stats_file.is_file() and (cfg.data_dir / "train.jsonl").is_file() and (cfg.data_dir / "test.jsonl").is_file():
         if not _source_exists(cfg.data.source):  # prebuilt data without its source: use as is
             return cfg.data_dir
-        if json.loads(stats_file.read_text(encoding="utf-8")).get("fingerprint") == fingerprint(cfg.data,
-                                                                                                bank_files(cfg)):
-            bank_files(cfg, say=True)  # built with them: say so, as a build would
+        banks = bank_files(cfg)
+        if json.loads(stats_file.read_text(encoding="utf-8")).get("fingerprint") == fingerprint(cfg.data, banks):
+            if str(cfg.phrasings_file) in banks:  # built with them: say so, as a build would
+                bank_files(cfg, say=True)
             return cfg.data_dir
     return build(cfg)
 

@@ -28,8 +28,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.sources import Attributes, Conversations, DataError, ListValue, load_source
-from data_prep.templates import GENERIC, Banks, humanise, join_items, load_banks, render
+from data_prep.sources import Attributes, Conversations, DataError, load_source
+from data_prep.templates import GENERIC, Banks, humanise, load_banks, render, spoken
 from kit.config import Config, parse_args, run_main
 from kit.files import write_text_atomic
 from kit.specificity import normalise
@@ -252,21 +252,17 @@ def _prompts(attribute: str, examples: list[str], banks: Banks, language: str, v
     out = []
     for k in range(variants):
         messages = []
-        for bank_name, spoken, values in SHOTS[language][:2] if k % 2 == 0 else SHOTS[language][1:]:
+        for bank_name, called, values in SHOTS[language][:2] if k % 2 == 0 else SHOTS[language][1:]:
             # shots with {honorific} & co. would teach the model to write braces: only those with {entity} alone
             questions = [q for q in banks.attributes[bank_name].questions if q.count("{") == 1]
             shot = questions[(k * 5 + len(messages)) % len(questions)].replace("{entity}", PLACEHOLDER)
-            messages += [{"role": "user", "content": ASK[language].format(attribute=spoken,
+            messages += [{"role": "user", "content": ASK[language].format(attribute=called,
                                                                           examples="; ".join(values))},
                          {"role": "assistant", "content": shot}]
         messages.append({"role": "user", "content": ASK[language].format(attribute=humanise(attribute),
                                                                          examples="; ".join(examples))})
         out.append(messages)
     return out
-
-
-def _spoken(value: str, language: str) -> str:
-    return join_items(value.items, language) if isinstance(value, ListValue) else value
 
 
 def specific(writer: Writer, templates: list[str], attribute: str, attrs: Attributes, banks: Banks,
@@ -281,7 +277,7 @@ def specific(writer: Writer, templates: list[str], attribute: str, attrs: Attrib
     pairs, shape = [], []
     for entity in entities:
         names = list(attrs[entity])
-        answers = [render(answer, {"entity": entity, "attribute": humanise(a), "value": _spoken(attrs[entity][a],
+        answers = [render(answer, {"entity": entity, "attribute": humanise(a), "value": spoken(attrs[entity][a],
                                                                                                    language)})
                    for a in names]
         shape.append((entity, names, len(pairs)))
@@ -305,7 +301,7 @@ def write_for(writer: Writer, attribute: str, attrs: Attributes, banks: Banks, c
     data = cfg.data
     language = data.language
     values = list(dict.fromkeys(attrs[e][attribute] for e in attrs if attribute in attrs[e]))
-    examples = [_spoken(v, language) for v in values[:2]]
+    examples = [spoken(v, language) for v in values[:2]]
     variants = max(1, min(8, data.phrasing_candidates // 12))
     per = -(-data.phrasing_candidates // variants)
     replies = writer.sample(_prompts(attribute, examples, banks, language, variants), per)[:data.phrasing_candidates]
@@ -336,11 +332,11 @@ def write_for(writer: Writer, attribute: str, attrs: Attributes, banks: Banks, c
                                                       "value": "{value}"})]
     value = values[0]
     asked = got.questions[0].replace("{entity}", PLACEHOLDER)
-    spoken = _spoken(value, language)
-    replies = writer.sample([[{"role": "user", "content": ANSWER[language].format(question=asked, value=spoken)}]],
+    said = spoken(value, language)
+    replies = writer.sample([[{"role": "user", "content": ANSWER[language].format(question=asked, value=said)}]],
                             8, max_new_tokens=32)
     for reply in replies:
-        template = check_answer(reply, language, spoken, [_spoken(v, language) for v in values])
+        template = check_answer(reply, language, said, [spoken(v, language) for v in values])
         if template and template not in got.answers and len(got.answers) < 3:
             got.answers.append(template)
     return got

@@ -213,5 +213,12 @@ def join_items(items: list[str] | tuple[str, ...], language: str) -> str:
     return sep.join(items[:-1]) + last + items[-1]
 
 
+def spoken(value: str, language: str) -> str:
+    """A value as answers say it: a list value with every item named (join_items), any other value as it is."""
+    from data_prep.sources import ListValue
+
+    return join_items(value.items, language) if isinstance(value, ListValue) else value
+
+
 def render(template: str, slots: dict[str, str]) -> str:
     return template.format(**slots).strip()
