@@ -144,6 +144,9 @@ class TrainConfig:
     padding_free: bool = False
     # Batch rows of similar length together: less padding.
     group_by_length: bool = False
+    # Run the tokens every row of a batch starts with (system prompt, template header) once per batch, not once per
+    # row: same loss and gradients, less compute (sft/prefix.py says where it applies).
+    share_prefix: bool = True
     logging_steps: int = 5
     eval_strategy: Literal["no", "steps", "epoch"] = "epoch"
     eval_steps: int | None = None

@@ -57,7 +57,7 @@ def build_lora_config(lora: LoraConfig):
 
 # How the `train` section reaches trl.SFTConfig. Fields with the same name in both pass as they are; these are the
 # exceptions, written once: the kit's own fields, and those TRL takes under another name or form.
-KIT_ONLY_TRAIN_FIELDS = frozenset({"resume", "threads", "device", "precision", "show_examples"})
+KIT_ONLY_TRAIN_FIELDS = frozenset({"resume", "threads", "device", "precision", "show_examples", "share_prefix"})
 RENAMED_TRAIN_FIELDS = {
     "warmup_ratio": lambda v: {"warmup_steps": v},  # transformers 5: a float < 1 is a fraction of the total steps
     "group_by_length": lambda v: {"train_sampling_strategy": "group_by_length" if v else "random"},
@@ -270,7 +270,8 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
         eval_enc = (encode_file(tok, data_dir / "test.jsonl", t.max_length, cfg.model.thinking,
                                 data_dir / "tokenized") if t.eval_strategy != "no" else None)
     from datasets import Dataset, concatenate_datasets
-    from trl import SFTTrainer
+
+    from sft.prefix import trainer_class
 
     precision = resolve_precision(cfg, device)
     main = state.is_main_process
@@ -288,7 +289,7 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
             [token_counts(train_enc), token_counts(replay_enc)])
     examples = pick_examples(data_dir / "test.jsonl", t.show_examples) if main else []
     before = answer(model, tok, examples) if examples and not resume_from else []
-    trainer = SFTTrainer(
+    trainer = trainer_class(t.share_prefix)(
         model=model,
         args=build_sft_config(cfg, device, precision),
         train_dataset=train_enc,
