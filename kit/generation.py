@@ -168,12 +168,13 @@ class _SharedPrefix:
         self.ids = self.ids[: min(len(e) for e in encoded) - 1] if encoded else []  # each row keeps >= 1 own token
         self.config = getattr(model, "config", None)
         self.keep = _keep_last(model)
+        self.cache_kw = cache_kwarg(model)
         cache = DynamicCache(config=self.config)
         self.usable = _cache_is_plain(cache)
         self.cache = None
         device = next(model.parameters()).device
         if self.usable and self.ids:
-            model(input_ids=torch.tensor([self.ids], device=device), past_key_values=cache, use_cache=True,
+            model(input_ids=torch.tensor([self.ids], device=device), use_cache=True, **{self.cache_kw: cache},
                   **self.keep)
             self.cache = cache
         own = [e[len(self.ids):] for e in encoded]
@@ -235,10 +236,20 @@ def _cache_is_plain(cache) -> bool:
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
+def _forward_params(model) -> set[str]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters)
+
+
+def cache_kwarg(model) -> str:
+    """The keyword the model's forward takes a key/value cache under: `cache` from transformers 5.24 (where
+    `past_key_values` warns, and is to go in 5.40), `past_key_values` before."""
+    return "cache" if "cache" in _forward_params(model) else "past_key_values"
+
+
 def _keep_last(model) -> dict:
     """`logits_to_keep=1` where the model takes it: the LM head runs on the last position only."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
 
 
 class _Rows:
@@ -368,7 +379,7 @@ def _greedy_stream(model, prefix: _SharedPrefix, order: list[int], stop: list[in
         else:  # one step for every row in the batch
             mask = torch.cat([rows.mask, rows.mask.new_ones((len(rows.ids), 1))], dim=1)
             logits = model(input_ids=rows.nxt[:, None], attention_mask=mask, position_ids=rows.pos[:, None],
-                           past_key_values=rows.cache, use_cache=True, **prefix.keep).logits[:, -1]
+                           use_cache=True, **{prefix.cache_kw: rows.cache}, **prefix.keep).logits[:, -1]
             rows.mask, rows.pos, rows.nxt = mask, rows.pos + 1, logits.argmax(-1)
             for i, t in zip(rows.ids, rows.nxt.tolist()):
                 tokens[i].append(t)
@@ -414,7 +425,7 @@ def _prefill(model, prefix: _SharedPrefix, group: list[int] | None, own: list[li
     mask = torch.cat([before.to(device), own_mask.to(device)], dim=1)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, before.shape[1]:]
     ids = ids.to(device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{prefix.cache_kw: cache},
                    **prefix.keep).logits[:, -1]
     return _Rows(list(group) if group is not None else list(range(len(own))), cache, mask, pos[:, -1] + 1,
                  logits.argmax(-1))

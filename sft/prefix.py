@@ -42,14 +42,17 @@ def plain_cache(cache) -> bool:
 
 def split_inputs(model, inputs: dict, n: int) -> dict | None:
     """`inputs` for the rows' own tokens on top of the shared prefix's cache (None: run the batch as it is)."""
+    from kit.generation import cache_kwarg
+
     backbone = model.get_base_model().base_model if hasattr(model, "get_base_model") else model.base_model
+    name = cache_kwarg(model)
     cache = backbone(input_ids=inputs["input_ids"][:1, :n], attention_mask=inputs["attention_mask"][:1, :n],
-                     use_cache=True).past_key_values
+                     use_cache=True)[name]
     if not plain_cache(cache):
         return None
     cache.batch_repeat_interleave(inputs["input_ids"].shape[0])
     return {**{k: v for k, v in inputs.items() if k not in ("input_ids", "labels")},
-            "input_ids": inputs["input_ids"][:, n:], "labels": inputs["labels"][:, n:], "past_key_values": cache}
+            "input_ids": inputs["input_ids"][:, n:], "labels": inputs["labels"][:, n:], name: cache}
 
 
 def trainer_class(share_prefix: bool = True):
