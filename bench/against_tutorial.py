@@ -8,13 +8,15 @@
 
 train: the same rows (the quickstart's training rows plus the base model's replay answers, which the kit trains on
 too); the tutorial's recipe as written by ../shared/tutorial_stack/train.py (batch 2 x accumulation 8 = 16 rows a
-step; SEED_BF16=0: bf16 autocast on a CPU without native bf16 runs its matmuls ~40x slower, see bench/RESULTS.md),
-the kit as `python -m sft.train configs/quickstart.yaml` with only train.max_steps set (8 rows a step, so the same
+step, bf16 autocast), the kit as `python -m sft.train configs/quickstart.yaml` with only train.max_steps set (8 rows a step, so the same
 number of rows). Loop: the training loop's seconds and real (non-pad) tokens each side reports. Whole process: the
 command's wall time, from launch to exit, fresh output dir (the kit builds its data and answers its replay prompts
 each time, as a first run does). With --knowledge N, the last pair is the tutorial for N steps and the kit's whole
 shipped run with every epoch's checkpoint kept; each checkpoint and the tutorial's adapter then answer the held-out
 questions (greedy, batched, 48 new tokens) and the value match is counted: minutes from launch to >= 95%.
+--tutorial-precision: `auto` (default) runs the tutorial's bf16 as written where the CPU multiplies bf16 natively
+(AVX512-BF16, AMX) and fp32 where it does not (there torch emulates bf16 matmuls ~40x slower than fp32, and the
+tutorial's first 2 steps did not finish in 15 min: bench/RESULTS.md 2026-11-23): the tutorial at its fastest.
 
 eval: the tutorial's evaluation loop as written (bench/tutorial_eval.py, on its stack: one generate and one
 BERTScore call per question, loading included) against `python -m eval.run configs/quickstart.yaml` with
@@ -88,16 +90,22 @@ def tutorial_data() -> Path:
     return dst
 
 
-def tutorial_train(run: int, steps: int, data: Path) -> dict:
+def tutorial_bf16(choice: str) -> bool:
+    from kit.models import cpu_has_bf16
+
+    return choice == "bf16" or (choice == "auto" and cpu_has_bf16())
+
+
+def tutorial_train(run: int, steps: int, data: Path, bf16: bool) -> dict:
     python, model = stack()
     out = OUT / f"tutorial-{run}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     wall, stdout = timed([str(python), str(SHARED / "train.py"), str(model), str(data), str(out), str(steps)],
-                         OUT / f"tutorial-{run}.log", {"SEED_BF16": "0"})
+                         OUT / f"tutorial-{run}.log", {"SEED_BF16": "1" if bf16 else "0"})
     r = json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
     return {"side": "tutorial", "out": str(out), "whole_s": wall, "loop_s": r["seconds"], "tokens": r["tokens"],
-            "rows": steps * TUTORIAL_ROWS_PER_STEP}
+            "rows": steps * TUTORIAL_ROWS_PER_STEP, "precision": "bf16" if bf16 else "fp32"}
 
 
 def recall(model_dir: str, tok_dir: str, adapter: str | None, test: Path) -> tuple[int, int]:
@@ -163,11 +171,14 @@ def train(args) -> int:
     stack()
     runs: list[dict] = []
     data = None
+    bf16 = tutorial_bf16(args.tutorial_precision)
+    print(f"tutorial's recipe in {'bf16 autocast, as written' if bf16 else 'fp32 (bf16 would be emulated here)'}",
+          flush=True)
     for rep in range(args.repeats):
         last = args.knowledge and rep == args.repeats - 1
         kit = kit_train(rep, 0 if last else args.steps * TUTORIAL_ROWS_PER_STEP // 8, keep_checkpoints=last)
         data = data or tutorial_data()
-        tut = tutorial_train(rep, args.knowledge if last else args.steps, data)
+        tut = tutorial_train(rep, args.knowledge if last else args.steps, data, bf16)
         for r in (tut, kit):
             runs.append(r)
             print(f"[{rep + 1}/{args.repeats}] {r['side']:8s} {r['rows']:5.0f} rows: loop {r['loop_s']:7.1f} s "
@@ -241,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--steps", type=int, default=20, help="tutorial steps (16 rows each); the kit runs the same rows")
     t.add_argument("--knowledge", type=int, default=0, metavar="N",
                    help="last pair: the tutorial for N steps, the kit's whole shipped run, then recall")
+    t.add_argument("--tutorial-precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 as written where the CPU has native bf16, else fp32 (its fastest)")
     e = sub.add_parser("eval")
     e.add_argument("--repeats", type=int, default=3)
     e.add_argument("--run", default="runs/quickstart", help="a trained and merged quickstart output_dir")

@@ -123,6 +123,16 @@ def torch_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
+def cpu_has_bf16() -> bool:
+    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without it torch emulates bf16 matmuls, ~40x slower than
+    fp32 (bench/RESULTS.md, 2026-11-23); with it they run ~2x faster than fp32 (2026-11-30)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_device(choice: str = "auto") -> str:
     import torch
 

@@ -20,18 +20,10 @@ from data_prep.build import ensure_built
 from kit.chat import generation_prompt
 from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
 from kit.files import atomic_dir, load_jsonl, write_text_atomic
-from kit.models import (choose_pad_token, load_model, load_tokenizer, pick_device, process_state, resolve,
-                        set_threads, versions)
+from kit.models import (choose_pad_token, cpu_has_bf16, load_model, load_tokenizer, pick_device, process_state,
+                        resolve, set_threads, versions)
 from sft.callbacks import LossPlotCallback
 from sft.encode import audit, encode_file, encode_rows, token_counts, with_counts
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(cfg: Config, device: str) -> str:
