@@ -134,7 +134,9 @@ class TrainConfig:
     per_device_eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
-    # auto: bf16 on GPUs that support it and on CPUs with native bf16 when batches are large; else fp32.
+    # auto: bf16 on GPUs that support it and on CPUs that multiply bf16 natively (AVX512-BF16, AMX); else fp32 (on
+    # other CPUs torch emulates bf16, ~40x slower). CPU bf16 trains with eager attention unless
+    # model.attn_implementation says otherwise (sft.train.training_attention).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # A row longer than this is an error (its answer would be cut away), never silently truncated.
     max_length: int = 512

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from itertools import islice
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data_prep.build import ensure_built
@@ -27,7 +27,9 @@ from sft.encode import audit, encode_file, encode_rows, token_counts, with_count
 
 
 def resolve_precision(cfg: Config, device: str) -> str:
-    """fp32 / bf16 / fp16. On CPUs, bf16 autocast only pays with large (packed) batches and native bf16 units."""
+    """fp32 / bf16 / fp16. On CPUs, bf16 where it has native units: the quickstart's step runs 1.4x faster there
+    (with eager attention, `training_attention`), while without them torch emulates bf16 ~40x slower than fp32
+    (bench/RESULTS.md, 2026-11-30 and 2026-11-23)."""
     p = cfg.train.precision
     if p != "auto":
         return p
@@ -35,7 +37,19 @@ def resolve_precision(cfg: Config, device: str) -> str:
 
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cfg.train.packing and cpu_has_bf16() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def training_attention(cfg: Config, device: str, precision: str) -> str | None:
+    """The attention the model trains with: the user's model.attn_implementation, else eager for bf16 on a CPU (torch's
+    CPU SDPA backward in bf16 is slow: the quickstart's forward + backward ran 1.37x fp32's speed with SDPA, 1.58x with
+    eager; bench/RESULTS.md 2026-11-30), else the model's default. Eager holds a rows x length x length score matrix
+    per layer, which for CPU-sized rows (train.max_length <= 1024) is small."""
+    if cfg.model.attn_implementation:
+        return cfg.model.attn_implementation
+    if device == "cpu" and precision == "bf16" and cfg.train.max_length <= 1024 and not cfg.train.packing:
+        return "eager"
+    return None
 
 
 def build_lora_config(lora: LoraConfig):
@@ -271,7 +285,8 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
         print(audit(tok, train_enc), flush=True)
         write_text_atomic(cfg.out / "config.yaml", dump_config(cfg))
         write_json(cfg.out / "versions.json", versions())
-    model = load_model(model_path, cfg.model, device, for_training=True)
+    attention = training_attention(cfg, device, precision)
+    model = load_model(model_path, replace(cfg.model, attn_implementation=attention), device, for_training=True)
     if cfg.data.replay:
         with state.main_process_first():  # answered once, then read from the cache by the other processes
             replay = replay_rows(cfg, model, tok, model_path, data_dir)
@@ -310,7 +325,11 @@ def _train(cfg: Config, callbacks: list | None) -> Path:
     trainer, tok = run.trainer, run.tok
     trainable, total = trainer.model.get_nb_trainable_parameters()
     if trainer.is_world_process_zero():
-        print(f"device {run.device}, precision {run.precision}, threads {torch.get_num_threads()}; LoRA trains "
+        auto = " (auto: native bf16 on this CPU)" if cfg.train.precision == "auto" and run.device == "cpu" \
+            and run.precision == "bf16" else ""
+        print(f"device {run.device}, precision {run.precision}{auto}, attention "
+              f"{getattr(trainer.model.config, '_attn_implementation', None) or 'default'}, "
+              f"threads {torch.get_num_threads()}; LoRA trains "
               f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
               + (f"; resuming from {run.resume_from}" if run.resume_from else ""), flush=True)
 

@@ -122,3 +122,32 @@ def test_missing_model_fails_before_anything_loads(tmp_path):
         resolve("nobody/nothing-here")
     with pytest.raises(KitError, match=r"Python package 'no_such_pkg' is not installed"):
         resolve("pkg://no_such_pkg/x.gguf")
+
+
+@pytest.mark.parametrize("native, want", [(True, ("bf16", "eager")), (False, ("fp32", None))])
+def test_auto_precision_on_cpu_follows_native_bf16(tiny_model, tmp_path, monkeypatch, native, want):
+    """precision=auto (the quickstart's): bf16 with eager attention only where the CPU multiplies bf16 natively; an
+    AVX2-only CPU would emulate it ~40x slower than fp32."""
+    import sft.train as st
+
+    monkeypatch.setattr(st, "cpu_has_bf16", lambda: native)
+    cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
+    precision = st.resolve_precision(cfg, "cpu")
+    assert (precision, st.training_attention(cfg, "cpu", precision)) == want
+
+
+def test_an_attention_the_user_set_is_kept_and_long_rows_keep_sdpa(tiny_model, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import sft.train as st
+
+    monkeypatch.setattr(st, "cpu_has_bf16", lambda: True)
+    cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
+    assert st.training_attention(replace(cfg, model=replace(cfg.model, attn_implementation="sdpa")), "cpu",
+                                 "bf16") == "sdpa"
+    assert st.training_attention(cfg, "cpu", "fp32") is None
+    assert st.training_attention(replace(cfg, train=replace(cfg.train, max_length=4096)), "cpu", "bf16") is None
+    assert st.training_attention(cfg, "cuda", "bf16") is None
+    run = st.build_trainer(cfg)  # the model really trains with what was chosen
+    assert run.precision == "bf16" and run.trainer.model.config._attn_implementation == "eager"
+    assert run.trainer.args.bf16
