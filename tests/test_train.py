@@ -151,3 +151,34 @@ def test_an_attention_the_user_set_is_kept_and_long_rows_keep_sdpa(tiny_model, t
     run = st.build_trainer(cfg)  # the model really trains with what was chosen
     assert run.precision == "bf16" and run.trainer.model.config._attn_implementation == "eager"
     assert run.trainer.args.bf16
+
+
+def test_answers_are_written_with_sdpa_when_the_kit_chose_eager_and_training_keeps_eager(tiny_model, tmp_path,
+                                                                                         monkeypatch):
+    """Replay rows and before/after examples are answered with SDPA (faster, same greedy answers), and the model
+    goes back to the eager attention it trains with; an eager the user set is kept for answering too."""
+    from dataclasses import replace
+
+    import kit.generation
+    import sft.train as st
+
+    monkeypatch.setattr(st, "cpu_has_bf16", lambda: True)
+    cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
+    assert st.answering_attention(cfg, "eager") == "sdpa"
+    assert st.answering_attention(replace(cfg, model=replace(cfg.model, attn_implementation="eager")), "eager") is None
+    assert st.answering_attention(cfg, None) is None
+    run = st.build_trainer(cfg)
+    model, rows = run.trainer.model, [{"messages": [{"role": "user", "content": q}], "turns": 1}
+                                      for q in ("钟离来自哪里?", "丽莎是什么性别?", "法国的首都是哪里?")]
+    eager = st.answer(model, run.tok, rows, 8)
+    seen = []
+    real = kit.generation.generate_batched
+
+    def spy(m, *a, **k):
+        seen.append(m.get_base_model().config._attn_implementation)
+        return real(m, *a, **k)
+
+    monkeypatch.setattr(kit.generation, "generate_batched", spy)
+    assert st.answer(model, run.tok, rows, 8, attention="sdpa") == eager
+    assert seen == ["sdpa"]
+    assert model.get_base_model().config._attn_implementation == "eager"
