@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from kit.models import unwrapped
+
 # Tuning of the greedy loop, all in one place. Each changes speed only, never an answer (tests/test_generation.py).
 # Columns a cache buffer is allocated beyond what it holds: a decode step then writes in place instead of copying
 # the cache, and one reallocation serves this many steps.
@@ -237,8 +239,7 @@ def _cache_is_plain(cache) -> bool:
 
 
 def _forward_params(model) -> set[str]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(inspect.signature(base.forward).parameters)
+    return set(inspect.signature(unwrapped(model).forward).parameters)
 
 
 def cache_kwarg(model) -> str:

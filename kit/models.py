@@ -123,6 +123,11 @@ def torch_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
+def unwrapped(model):
+    """The transformers model inside a PEFT wrapper (the model itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def cpu_has_bf16() -> bool:
     """The CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without it torch emulates bf16 matmuls, ~40x slower than
     fp32 (bench/RESULTS.md, 2026-11-23); with it they run ~2x faster than fp32 (2026-11-30)."""

@@ -43,8 +43,9 @@ def plain_cache(cache) -> bool:
 def split_inputs(model, inputs: dict, n: int) -> dict | None:
     """`inputs` for the rows' own tokens on top of the shared prefix's cache (None: run the batch as it is)."""
     from kit.generation import cache_kwarg
+    from kit.models import unwrapped
 
-    backbone = model.get_base_model().base_model if hasattr(model, "get_base_model") else model.base_model
+    backbone = unwrapped(model).base_model
     name = cache_kwarg(model)
     cache = backbone(input_ids=inputs["input_ids"][:1, :n], attention_mask=inputs["attention_mask"][:1, :n],
                      use_cache=True)[name]

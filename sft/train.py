@@ -22,7 +22,7 @@ from kit.chat import generation_prompt
 from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
 from kit.files import atomic_dir, load_jsonl, write_text_atomic
 from kit.models import (choose_pad_token, cpu_has_bf16, load_model, load_tokenizer, pick_device, process_state,
-                        resolve, set_threads, versions)
+                        resolve, set_threads, unwrapped, versions)
 from sft.callbacks import LossPlotCallback
 from sft.encode import audit, encode_file, encode_rows, token_counts, with_counts
 
@@ -218,7 +218,7 @@ def answering_attention(cfg: Config, training: str | None) -> str | None:
 @contextmanager
 def attention_for(model, attention: str | None):
     """Run the block with `attention` as the model's attention implementation, then put the training one back."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     current = getattr(inner.config, "_attn_implementation", None)
     if not attention or attention == current or (attention == "sdpa" and not getattr(inner, "_supports_sdpa", False)):
         yield
@@ -281,6 +281,7 @@ class Run:
     resume_epoch: float
     device: str
     precision: str
+    answer_attention: str | None  # what replay rows and examples are answered with (`answering_attention`)
 
 
 def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
@@ -312,16 +313,16 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
         write_json(cfg.out / "versions.json", versions())
     attention = training_attention(cfg, device, precision)
     model = load_model(model_path, replace(cfg.model, attn_implementation=attention), device, for_training=True)
+    answer_attention = answering_attention(cfg, attention)
     if cfg.data.replay:
         with state.main_process_first():  # answered once, then read from the cache by the other processes
-            replay = replay_rows(cfg, model, tok, model_path, data_dir, answering_attention(cfg, attention))
+            replay = replay_rows(cfg, model, tok, model_path, data_dir, answer_attention)
         replay_enc = encode_rows(tok, replay, t.max_length, cfg.model.thinking, str(data_dir / "replay.jsonl"))
         train_enc = with_counts(
             concatenate_datasets([train_enc, Dataset.from_list(replay_enc, features=train_enc.features)]),
             [token_counts(train_enc), token_counts(replay_enc)])
     examples = pick_examples(data_dir / "test.jsonl", t.show_examples) if main else []
-    before = answer(model, tok, examples, attention=answering_attention(cfg, attention)) \
-        if examples and not resume_from else []
+    before = answer(model, tok, examples, attention=answer_attention) if examples and not resume_from else []
     trainer = trainer_class(t.share_prefix)(
         model=model,
         args=build_sft_config(cfg, device, precision),
@@ -333,7 +334,7 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     )
     choose_pad_token(tok)  # SFTTrainer falls back to eos when the tokenizer had no pad token; keep ours
     return Run(trainer, tok, train_enc, eval_enc, examples, before, resume_from, checkpoint_epoch(resume_from), device,
-               precision)
+               precision, answer_attention)
 
 
 def train(cfg: Config, callbacks: list | None = None) -> Path:
@@ -374,8 +375,7 @@ def _train(cfg: Config, callbacks: list | None) -> Path:
     if trainer.is_world_process_zero():
         write_json(cfg.out / "metrics.json", metrics)
         if run.examples:
-            after = answer(trainer.model, tok, run.examples,
-                           attention=answering_attention(cfg, training_attention(cfg, run.device, run.precision)))
+            after = answer(trainer.model, tok, run.examples, attention=run.answer_attention)
             print(show_examples(run.examples, run.before, after), flush=True)
         print(f"train loss {metrics['train_loss']:.4f}"
               + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
