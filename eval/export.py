@@ -8,7 +8,9 @@ the facts, read by code the kit did not write.
 From the merged export (made first when missing), writes <output_dir>/gguf/<run>-<format>.gguf and
 <run>-<format>.Modelfile (eval/gguf.py says what is in them). Then each artifact answers the test questions:
 the adapter (base + LoRA) and the merged export through the kit, each GGUF through transformers' GGUF loader and,
-where llama-cpp-python is installed, through llama.cpp with the chat template stored in the file. The table
+where llama-cpp-python is installed, through llama.cpp with the chat template stored in the file (in a child
+process: a llama.cpp build that crashes, e.g. SIGILL on an instruction the machine cannot run, becomes a row saying
+so and what to do, and every other artifact is still checked). The table
 (value match, BERTScore F1, answers equal to the merged model's) goes to <eval dir>/artifacts.md and .json, the
 answers to <eval dir>/artifacts/, and into summary.md when the report exists.
 """
@@ -147,31 +149,36 @@ def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def load_llama_cpp(path: Path, n_ctx: int = 1024, logits_all: bool = False):
+def load_llama_cpp(path: Path, n_ctx: int = 1024, logits_all: bool = False, n_threads: int | None = None):
     import torch
     from llama_cpp import Llama
 
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=torch.get_num_threads(), logits_all=logits_all,
-                 seed=0, verbose=False)
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or torch.get_num_threads(),
+                 logits_all=logits_all, seed=0, verbose=False)
 
 
-def answer_with_llama_cpp(cfg: Config, path: Path, rows: list[dict]) -> list[str]:
+def answer_with_llama_cpp(path: Path, rows: list[dict], max_new_tokens: int, thinking: str,
+                          n_threads: int | None = None) -> list[str]:
     """Greedy answers from llama.cpp's chat completion: the prompt is rendered by llama-cpp-python from the chat
-    template stored in the GGUF (not by the kit), and generation stops at the file's end-of-generation tokens."""
+    template stored in the GGUF (not by the kit), and generation stops at the file's end-of-generation tokens.
+    check_artifacts runs this in a child process (eval.native.run_native): llama.cpp's native code may crash."""
     from kit.chat import final_answer
 
-    llm = load_llama_cpp(path)
+    llm = load_llama_cpp(path, n_threads=n_threads)
     out = []
     for r in rows:
         got = llm.create_chat_completion(messages=r["messages"][:-1], temperature=0.0, top_k=1,
-                                         max_tokens=cfg.eval.max_new_tokens, seed=0)
+                                         max_tokens=max_new_tokens, seed=0)
         text = got["choices"][0]["message"]["content"] or ""
-        out.append(final_answer(text, cfg.model.thinking))
+        out.append(final_answer(text, thinking))
     return out
 
 
 def check_artifacts(cfg: Config, gguf_files: list[Path]) -> dict:
+    import torch
+
     from eval.generate import load_for_generation
+    from eval.native import NativeCrash, run_native
     from eval.score import make_scorer, value_match
     from kit.models import pick_device, resolve, set_threads
 
@@ -183,11 +190,19 @@ def check_artifacts(cfg: Config, gguf_files: list[Path]) -> dict:
     readers: dict[str, str] = {}
     timings: dict[str, float] = {}
 
+    failures: dict[str, str] = {}
+
     def run(label: str, reader: str, fn) -> None:
         start = time.perf_counter()
-        answers[label] = fn()
-        timings[label] = round(time.perf_counter() - start, 1)
         readers[label] = reader
+        try:
+            answers[label] = fn()
+        except NativeCrash as e:  # the child died; this artifact gets a row saying so, the others are still checked
+            failures[label] = str(e)
+            print(f"{label}: {e}", flush=True)
+            return
+        finally:
+            timings[label] = round(time.perf_counter() - start, 1)
         print(f"{label}: {len(rows)} answers ({reader}) in {timings[label]} s", flush=True)
 
     def kit_answers(path: str, adapter: str | None):
@@ -209,10 +224,18 @@ def check_artifacts(cfg: Config, gguf_files: list[Path]) -> dict:
             via_transformers)
         if llama_cpp_available():
             run(f"gguf {fmt} (llama.cpp)", "llama-cpp-python, chat template from the file",
-                lambda path=path: answer_with_llama_cpp(cfg, path, rows))
+                lambda path=path: run_native(answer_with_llama_cpp, path, rows, cfg.eval.max_new_tokens,
+                                             cfg.model.thinking, torch.get_num_threads(),
+                                             what=f"reading {path.name}"))
     merged = answers["merged"]
     table = []
-    for label, preds in answers.items():
+    for label in readers:
+        if label in failures:
+            table.append({"artifact": label, "reader": readers[label], "rows": len(rows), "value_match": None,
+                          "value_match_n": None, "bertscore_f1": None, "equal_to_merged": None,
+                          "seconds": timings[label], "error": failures[label]})
+            continue
+        preds = answers[label]
         _, _, f1 = scorer.score(preds, [r["messages"][-1]["content"] for r in rows])
         matches = [value_match(r.get("expected") or r.get("value") or "", p) for r, p in zip(rows, preds)]
         judged = [m for m in matches if m is not None]
@@ -221,7 +244,8 @@ def check_artifacts(cfg: Config, gguf_files: list[Path]) -> dict:
                       "value_match_n": f"{sum(judged)}/{len(judged)}",
                       "bertscore_f1": sum(f1) / len(f1), "equal_to_merged": sum(a == b for a, b in zip(preds, merged)),
                       "seconds": timings[label]})
-    result = {"rows": len(rows), "artifacts": table, "llama_cpp": llama_cpp_available(), "encoder": scorer.label}
+    result = {"rows": len(rows), "artifacts": table, "llama_cpp": llama_cpp_available(), "encoder": scorer.label,
+              "failed": sorted(failures)}
     write_check(cfg, result, rows, answers)
     return result
 
@@ -232,12 +256,17 @@ def markdown(result: dict) -> str:
              f"value found in the answer; equal: answers identical to the merged model's.", "",
              "| artifact | value match | BERTScore F1 | equal to merged | read by |", "|---|---|---|---|---|"]
     for a in result["artifacts"]:
+        if a.get("error"):
+            lines.append(f"| {a['artifact']} | **failed** | - | - | {a['reader']} |")
+            continue
         vm = "n/a" if a["value_match"] is None else f"{100 * a['value_match']:.1f}% ({a['value_match_n']})"
         lines.append(f"| {a['artifact']} | {vm} | {a['bertscore_f1']:.3f} | {a['equal_to_merged']}/{a['rows']} | "
                      f"{a['reader']} |")
     merged = next(a for a in result["artifacts"] if a["artifact"] == "merged")
     for a in result["artifacts"]:
-        if a["value_match"] is not None and merged["value_match"] is not None \
+        if a.get("error"):
+            lines += ["", f"**{a['artifact']} was not checked.** {a['error']}"]
+        elif a["value_match"] is not None and merged["value_match"] is not None \
                 and a["value_match"] < merged["value_match"] - 0.01:
             lines += ["", f"**{a['artifact']} forgets facts: value match {100 * a['value_match']:.1f}% against "
                           f"{100 * merged['value_match']:.1f}% for the merged model.**"]

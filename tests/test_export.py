@@ -365,3 +365,41 @@ def test_export_main_checks_every_artifact(merged_models, tiny_bert, tmp_path, c
     assert rows["gguf f16 (llama.cpp)"]["equal_to_merged"] >= n - 2  # its own f16 kernels: a near tie may flip
     md = (tmp_path / "run" / "eval" / "artifacts.md").read_text(encoding="utf-8")
     assert f"| gguf f16 (transformers) |" in md and f"| {n}/{n} |" in md
+
+
+def test_llama_cpp_killed_by_sigill_is_a_row_and_the_rest_is_still_checked(merged_models, tiny_bert, tmp_path, capsys,
+                                                                           monkeypatch):
+    """Issue 33: llama.cpp dies of SIGILL reading the q8_0 file (as its AMX int8 kernels do where the machine does not
+    grant AMX). The command ends normally, the table has every artifact, the q8_0 llama.cpp row says what happened
+    and how to rebuild, and the f16 file, read after the crash, is still checked by llama.cpp."""
+    import yaml
+
+    import eval.export
+    from data_prep.build import build
+    from tests.native_crash import llama_cpp_dies_on_q8_0
+
+    llama_cpp()
+    monkeypatch.setattr(eval.export, "answer_with_llama_cpp", llama_cpp_dies_on_q8_0)
+    cfg = make_cfg(tmp_path, merged_models["llama"], tiny_bert, export_formats=["q8_0", "f16"])
+    build(cfg)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True), encoding="utf-8")
+    assert main([str(config)]) == 0
+    result = json.loads((tmp_path / "run" / "eval" / "artifacts.json").read_text(encoding="utf-8"))
+    rows = {a["artifact"]: a for a in result["artifacts"]}
+    assert list(rows) == ["merged", "gguf q8_0 (transformers)", "gguf q8_0 (llama.cpp)", "gguf f16 (transformers)",
+                          "gguf f16 (llama.cpp)"]
+    assert result["failed"] == ["gguf q8_0 (llama.cpp)"]
+    crashed = rows["gguf q8_0 (llama.cpp)"]
+    assert crashed["value_match"] is None and crashed["equal_to_merged"] is None
+    assert crashed["error"].startswith("llama.cpp was killed by SIGILL reading run-q8_0.gguf: your llama-cpp-python "
+                                       "build uses instructions this machine cannot run")
+    n = result["rows"]
+    assert rows["gguf f16 (llama.cpp)"]["equal_to_merged"] >= n - 2  # checked after the crash, by llama.cpp itself
+    assert "error" not in rows["gguf q8_0 (transformers)"]
+    md = (tmp_path / "run" / "eval" / "artifacts.md").read_text(encoding="utf-8")
+    assert "| gguf q8_0 (llama.cpp) | **failed** | - | - |" in md
+    assert "**gguf q8_0 (llama.cpp) was not checked.** llama.cpp was killed by SIGILL reading run-q8_0.gguf" in md
+    out = capsys.readouterr().out
+    assert "gguf q8_0 (llama.cpp): llama.cpp was killed by SIGILL reading run-q8_0.gguf" in out
+    assert "rebuild it with: CMAKE_ARGS=" in out
