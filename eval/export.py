@@ -22,7 +22,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from eval.gguf import FORMATS, ExportError, check_architecture, modelfile, ollama_template, write_gguf
+from eval.gguf import (FORMATS, ExportError, check_architecture, check_system_prompt, modelfile,
+                       ollama_template, write_gguf)
+from eval.quantize import (AUTO_CANDIDATES, INSTALL, LLAMA_CPP_FORMATS, NO_IMATRIX, is_llama_cpp_format,
+                           uses_imatrix)
 from kit.config import Config, parse_args, run_main
 from kit.files import write_text_atomic
 
@@ -38,16 +41,29 @@ def gguf_path(cfg: Config, fmt: str) -> Path:
     return export_dir(cfg) / f"{cfg.out.resolve().name}-{fmt}.gguf"
 
 
-def check_inputs(cfg: Config) -> None:
-    """Everything that can fail before any work: formats, existing files, a model to export, its architecture."""
+def check_inputs(cfg: Config, check: bool = True) -> None:
+    """Everything that can fail before any work: formats, llama.cpp where its quantizer is needed, existing files,
+    a model to export, its architecture."""
     from eval.merge import check_adapter
     from kit.models import resolve
 
     formats = cfg.eval.export_formats
-    unknown = [f for f in formats if f not in FORMATS]
+    known = list(FORMATS) + [f + suffix for f in LLAMA_CPP_FORMATS for suffix in ("", NO_IMATRIX)] + ["auto"]
+    unknown = [f for f in formats if f not in known]
     if unknown or not formats:
-        raise ExportError(f"eval.export_formats: {unknown or formats} not known; choose from {list(FORMATS)}")
-    for fmt in formats:
+        raise ExportError(f"eval.export_formats: {unknown or formats} not known; choose from {known}")
+    if "auto" in formats and len(formats) > 1:
+        raise ExportError(f"eval.export_formats: auto picks the format itself; give it alone, not with "
+                          f"{[f for f in formats if f != 'auto']}")
+    if "auto" in formats and not check:
+        raise ExportError("eval.export_formats=[auto] answers the test questions with each candidate to choose "
+                          "one; it cannot run with --no-check")
+    check_system_prompt(cfg.data.system_prompt)
+    needs_llama_cpp = [f for f in formats if f == "auto" or is_llama_cpp_format(f)]
+    if needs_llama_cpp and not llama_cpp_available():
+        raise ExportError(f"eval.export_formats: {needs_llama_cpp} are written by llama.cpp's quantizer, and "
+                          f"llama-cpp-python is not installed: {INSTALL}")
+    for fmt in (AUTO_CANDIDATES if formats == ["auto"] else formats):
         for path in (gguf_path(cfg, fmt), gguf_path(cfg, fmt).with_suffix(".Modelfile")):
             if path.exists() and not cfg.eval.overwrite:
                 raise ExportError(f"{path}: already exists; set eval.overwrite=true to replace it, or "
@@ -67,49 +83,107 @@ def check_inputs(cfg: Config) -> None:
 
 
 def export(cfg: Config, check: bool = True) -> dict:
-    """Write the GGUF files and Modelfiles; with `check`, answer the test questions with every artifact."""
+    """Write the GGUF files and Modelfiles; with `check`, answer the test questions with every artifact (and, for
+    eval.export_formats=[auto], choose the format)."""
     from kit.lock import run_lock
 
     with run_lock(cfg, "eval.export"):
-        check_inputs(cfg)
+        check_inputs(cfg, check)
         if not (cfg.merged_dir / "config.json").is_file():
             from eval.merge import merge
 
             merge(cfg)
-        files = write_all(cfg)
-        result = {"files": files}
-        if check:
-            result["check"] = check_artifacts(cfg, [Path(f["file"]) for f in files])
+        writer = Writer(cfg)
+        try:
+            files = [] if cfg.eval.export_formats == ["auto"] else [writer.write(f) for f in cfg.eval.export_formats]
+            result = {"files": files}
+            if check:
+                result["check"] = check_artifacts(cfg, files, writer)
+        finally:
+            writer.close()
         return result
 
 
-def write_all(cfg: Config) -> list[dict]:
-    from kit.generation import stop_token_ids
-    from kit.models import load_tokenizer
+class Writer:
+    """Writes one format at a time: the kit's own writer for FORMATS, llama.cpp's quantizer (from an f16 file) for
+    the k-quants and i-quants, with the run's importance matrix where eval.export_imatrix asks for it."""
 
-    out_dir = export_dir(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(str(cfg.merged_dir), cfg.model.trust_remote_code)
-    gen_file = cfg.merged_dir / "generation_config.json"
-    gen = json.loads(gen_file.read_text(encoding="utf-8")) if gen_file.is_file() else {}
-    # stop_token_ids reads model.generation_config.eos_token_id: the merged model's, without loading its weights
-    merged = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=gen.get("eos_token_id")))
-    stops = stop_token_ids(tok, merged)
-    template = ollama_template(tok, cfg.model.thinking)  # a template Ollama cannot follow fails before any write
-    stop_text = [tok.convert_ids_to_tokens(i) for i in stops]
-    written = []
-    for fmt in cfg.eval.export_formats:
-        path = gguf_path(cfg, fmt)
+    def __init__(self, cfg: Config):
+        from kit.generation import stop_token_ids
+        from kit.models import load_tokenizer
+
+        self.cfg = cfg
+        self.out_dir = export_dir(cfg)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.tok = load_tokenizer(str(cfg.merged_dir), cfg.model.trust_remote_code)
+        gen_file = cfg.merged_dir / "generation_config.json"
+        gen = json.loads(gen_file.read_text(encoding="utf-8")) if gen_file.is_file() else {}
+        # stop_token_ids reads model.generation_config.eos_token_id: the merged model's, without loading its weights
+        merged = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=gen.get("eos_token_id")))
+        self.stops = stop_token_ids(self.tok, merged)
+        self.template = ollama_template(self.tok, cfg.model.thinking)  # one Ollama cannot follow fails here
+        self.stop_text = [self.tok.convert_ids_to_tokens(i) for i in self.stops]
+        self._source: Path | None = None  # the f16 file llama.cpp quantizes from
+        self._temporary_source = False
+        self.imatrix: dict | None = None
+
+    def source(self) -> Path:
+        if self._source is None:
+            wanted = gguf_path(self.cfg, "f16")
+            if wanted.is_file() and "f16" in self.cfg.eval.export_formats:
+                self._source = wanted
+            else:
+                self._source = self.out_dir / f".kit-src-{self.cfg.out.resolve().name}-f16.gguf"
+                self._temporary_source = True
+                write_gguf(self.cfg.merged_dir, self.tok, self._source, "f16", self.stops, self.cfg.out.resolve().name)
+        return self._source
+
+    def imatrix_file(self) -> Path:
+        from eval.quantize import imatrix_for
+
+        if self.imatrix is None:
+            path = self.out_dir / f"{self.cfg.out.resolve().name}-imatrix.npz"
+            self.imatrix = imatrix_for(self.cfg, self.tok, path)
+        return Path(self.imatrix["file"])
+
+    def write(self, fmt: str) -> dict:
+        import torch
+
+        from eval.native import run_native
+        from eval.quantize import bits_per_weight, quantize, tensor_types
+
+        path = gguf_path(self.cfg, fmt)
         start = time.perf_counter()
-        info = write_gguf(cfg.merged_dir, tok, path, fmt, stops, cfg.out.resolve().name)
-        write_text_atomic(path.with_suffix(".Modelfile"), modelfile(path, template, stop_text, cfg.data.system_prompt))
+        if is_llama_cpp_format(fmt):
+            imatrix = self.imatrix_file() if uses_imatrix(fmt, self.cfg.eval.export_imatrix) else None
+            source = self.source()
+            run_native(quantize, source, path, fmt, imatrix, torch.get_num_threads(),
+                       what=f"quantizing {source.name} to {fmt}")
+            info = {"file": str(path), "format": fmt, "writer": "llama.cpp's quantizer",
+                    "imatrix": imatrix is not None, "bytes": path.stat().st_size,
+                    "tensor_types": sorted(tensor_types(path))}
+        else:
+            info = write_gguf(self.cfg.merged_dir, self.tok, path, fmt, self.stops, self.cfg.out.resolve().name)
+            info.update(writer="the kit (gguf package)", imatrix=False)
+        info["bits_per_weight"] = round(bits_per_weight(path), 2)
+        write_text_atomic(path.with_suffix(".Modelfile"),
+                          modelfile(path, self.template, self.stop_text, self.cfg.data.system_prompt))
         path.with_suffix(".Modelfile").chmod(0o644)
         info["seconds"] = round(time.perf_counter() - start, 1)
-        print(f"wrote {path} ({info['bytes'] / 2**20:.1f} MiB, {', '.join(info['tensor_types'])}, "
-              f"pre-tokenizer {info['pre_tokenizer']}) and {path.with_suffix('.Modelfile').name} "
-              f"in {info['seconds']} s", flush=True)
-        written.append(info)
-    return written
+        print(f"wrote {path} ({info['bytes'] / 2**20:.1f} MiB, {info['bits_per_weight']} bits/weight, "
+              f"{', '.join(info['tensor_types'])}{', importance matrix' if info['imatrix'] else ''}) and "
+              f"{path.with_suffix('.Modelfile').name} in {info['seconds']} s", flush=True)
+        return info
+
+    def remove(self, info: dict) -> None:
+        """An auto candidate that was not kept: its file and Modelfile go."""
+        path = Path(info["file"])
+        for p in (path, path.with_suffix(".Modelfile")):
+            p.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._temporary_source and self._source is not None:
+            self._source.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -174,7 +248,12 @@ def answer_with_llama_cpp(path: Path, rows: list[dict], max_new_tokens: int, thi
     return out
 
 
-def check_artifacts(cfg: Config, gguf_files: list[Path]) -> dict:
+def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None) -> dict:
+    """Every artifact answers the test questions: the adapter and the merged export through the kit, each GGUF file
+    in `files` (Writer.write's infos) through transformers' GGUF loader and llama.cpp. For
+    eval.export_formats=[auto], `writer` writes AUTO_CANDIDATES from the smallest file up, each checked through
+    llama.cpp, until one keeps the merged model's value match within eval.export_tolerance; the others are removed.
+    A llama.cpp read that crashes is a row saying so (eval.native), and the rest is still checked."""
     import torch
 
     from eval.generate import load_for_generation
@@ -184,95 +263,146 @@ def check_artifacts(cfg: Config, gguf_files: list[Path]) -> dict:
 
     scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
     rows = test_rows(cfg)
+    references = [r["messages"][-1]["content"] for r in rows]
     device = pick_device(cfg.train.device)
     set_threads(cfg.train.threads, device)
     answers: dict[str, list[str]] = {}
-    readers: dict[str, str] = {}
-    timings: dict[str, float] = {}
+    table: list[dict] = []
 
-    failures: dict[str, str] = {}
-
-    def run(label: str, reader: str, fn) -> None:
+    def run(label: str, reader: str, fn, info: dict | None = None) -> dict:
         start = time.perf_counter()
-        readers[label] = reader
+        row = {"artifact": label, "reader": reader, "rows": len(rows)}
+        if info is not None:
+            row.update(format=info["format"], file=Path(info["file"]).name, mib=round(info["bytes"] / 2**20, 1),
+                       bits_per_weight=info["bits_per_weight"], imatrix=info["imatrix"])
         try:
-            answers[label] = fn()
+            preds = fn()
         except NativeCrash as e:  # the child died; this artifact gets a row saying so, the others are still checked
-            failures[label] = str(e)
+            row.update(value_match=None, value_match_n=None, bertscore_f1=None, equal_to_merged=None,
+                       seconds=round(time.perf_counter() - start, 1), error=str(e))
             print(f"{label}: {e}", flush=True)
-            return
-        finally:
-            timings[label] = round(time.perf_counter() - start, 1)
-        print(f"{label}: {len(rows)} answers ({reader}) in {timings[label]} s", flush=True)
+            table.append(row)
+            return row
+        seconds = round(time.perf_counter() - start, 1)
+        answers[label] = preds
+        _, _, f1 = scorer.score(preds, references)
+        matches = [value_match(r.get("expected") or r.get("value") or "", p) for r, p in zip(rows, preds)]
+        judged = [m for m in matches if m is not None]
+        merged = answers.get("merged", preds)
+        row.update(value_match=sum(judged) / len(judged) if judged else None, value_match_n=f"{sum(judged)}/{len(judged)}",
+                   bertscore_f1=sum(f1) / len(f1), equal_to_merged=sum(a == b for a, b in zip(preds, merged)),
+                   seconds=seconds)
+        print(f"{label}: {len(rows)} answers ({reader}) in {seconds} s, value match {row['value_match_n']}",
+              flush=True)
+        table.append(row)
+        return row
 
     def kit_answers(path: str, adapter: str | None):
         model, tok = load_for_generation(cfg, path, adapter, device)
         return answer_with_kit(cfg, model, tok, rows)
 
+    def via_llama_cpp(path: Path):
+        return run_native(answer_with_llama_cpp, path, rows, cfg.eval.max_new_tokens, cfg.model.thinking,
+                          torch.get_num_threads(), what=f"reading {path.name}")
+
     if (cfg.adapter_dir / "adapter_config.json").is_file():
         run("adapter", "transformers + peft, the kit's generation", lambda: kit_answers(resolve(cfg.model),
                                                                                         str(cfg.adapter_dir)))
-    run("merged", "transformers, the kit's generation", lambda: kit_answers(str(cfg.merged_dir), None))
-    for path in gguf_files:
-        fmt = path.stem.rsplit("-", 1)[-1]
+    merged = run("merged", "transformers, the kit's generation", lambda: kit_answers(str(cfg.merged_dir), None))
+    for info in files:
+        path, fmt = Path(info["file"]), info["format"]
 
         def via_transformers(path=path):
             model, tok = load_gguf_with_transformers(path)
             return answer_with_kit(cfg, model, tok, rows)
 
         run(f"gguf {fmt} (transformers)", "transformers' GGUF loader, tokenizer and template from the file",
-            via_transformers)
+            via_transformers, info)
         if llama_cpp_available():
             run(f"gguf {fmt} (llama.cpp)", "llama-cpp-python, chat template from the file",
-                lambda path=path: run_native(answer_with_llama_cpp, path, rows, cfg.eval.max_new_tokens,
-                                             cfg.model.thinking, torch.get_num_threads(),
-                                             what=f"reading {path.name}"))
-    merged = answers["merged"]
-    table = []
-    for label in readers:
-        if label in failures:
-            table.append({"artifact": label, "reader": readers[label], "rows": len(rows), "value_match": None,
-                          "value_match_n": None, "bertscore_f1": None, "equal_to_merged": None,
-                          "seconds": timings[label], "error": failures[label]})
-            continue
-        preds = answers[label]
-        _, _, f1 = scorer.score(preds, [r["messages"][-1]["content"] for r in rows])
-        matches = [value_match(r.get("expected") or r.get("value") or "", p) for r, p in zip(rows, preds)]
-        judged = [m for m in matches if m is not None]
-        table.append({"artifact": label, "reader": readers[label], "rows": len(rows),
-                      "value_match": sum(judged) / len(judged) if judged else None,
-                      "value_match_n": f"{sum(judged)}/{len(judged)}",
-                      "bertscore_f1": sum(f1) / len(f1), "equal_to_merged": sum(a == b for a, b in zip(preds, merged)),
-                      "seconds": timings[label]})
+                lambda path=path: via_llama_cpp(path), info)
+    chosen = None
+    if cfg.eval.export_formats == ["auto"]:
+        chosen = choose_format(cfg, writer, merged, lambda info: run(
+            f"gguf {info['format']} (llama.cpp)", "llama-cpp-python, chat template from the file",
+            lambda: via_llama_cpp(Path(info["file"])), info))
     result = {"rows": len(rows), "artifacts": table, "llama_cpp": llama_cpp_available(), "encoder": scorer.label,
-              "failed": sorted(failures)}
+              "failed": [a["artifact"] for a in table if a.get("error")], "tolerance": cfg.eval.export_tolerance}
+    if writer is not None and writer.imatrix is not None:
+        result["imatrix"] = writer.imatrix
+    if chosen is not None:
+        result["auto"] = chosen
     write_check(cfg, result, rows, answers)
     return result
 
 
+def choose_format(cfg: Config, writer: Writer, merged: dict, check) -> dict:
+    """eval.export_formats=[auto]: write AUTO_CANDIDATES from the smallest file up, `check` each (its table row), keep
+    the first whose value match through llama.cpp is within eval.export_tolerance of the merged model's; remove the
+    others. When none is, the largest (q8_0) is kept and the table says so."""
+    tolerance = cfg.eval.export_tolerance
+    target = None if merged["value_match"] is None else merged["value_match"] - tolerance
+    tried = []
+    for fmt in AUTO_CANDIDATES:
+        info = writer.write(fmt)
+        row = check(info)
+        passed = target is not None and row.get("value_match") is not None and row["value_match"] >= target - 1e-9
+        last = fmt == AUTO_CANDIDATES[-1]
+        if passed:
+            row["auto"] = (f"kept: the smallest file within {100 * tolerance:g} point(s) of the merged model's value "
+                           f"match")
+        elif last:
+            row["auto"] = "kept: no smaller candidate kept the facts, and no larger one is tried"
+        else:
+            why = row.get("error") or (f"value match {100 * row['value_match']:.1f}% < {100 * target:.1f}%"
+                                       if row.get("value_match") is not None else "no value to match")
+            row["auto"] = f"not kept: {why}"
+            writer.remove(info)
+        tried.append(fmt)
+        print(f"auto: {fmt}: {row['auto']}", flush=True)
+        if passed or last:
+            return {"format": fmt, "file": info["file"], "tried": tried, "met_tolerance": passed}
+    raise AssertionError("unreachable: the last candidate is always kept")
+
+
 def markdown(result: dict) -> str:
+    tol = 100 * result.get("tolerance", 0.01)
     lines = [SECTION_START, "## Exported artifacts", "",
              f"Each artifact answered the same {result['rows']} test questions (greedy). Value match: the expected "
-             f"value found in the answer; equal: answers identical to the merged model's.", "",
-             "| artifact | value match | BERTScore F1 | equal to merged | read by |", "|---|---|---|---|---|"]
+             f"value found in the answer; equal: answers identical to the merged model's. Bits/weight: all tensor "
+             f"data of the file over all its weights (embeddings and norms included).", "",
+             "| artifact | MiB | bits/weight | imatrix | value match | BERTScore F1 | equal to merged | read by |",
+             "|---|---|---|---|---|---|---|---|"]
     for a in result["artifacts"]:
+        size = f"{a['mib']:.1f} | {a['bits_per_weight']:.2f} | {'yes' if a['imatrix'] else 'no'}" if "mib" in a \
+            else "- | - | -"
         if a.get("error"):
-            lines.append(f"| {a['artifact']} | **failed** | - | - | {a['reader']} |")
+            lines.append(f"| {a['artifact']} | {size} | **failed** | - | - | {a['reader']} |")
             continue
         vm = "n/a" if a["value_match"] is None else f"{100 * a['value_match']:.1f}% ({a['value_match_n']})"
-        lines.append(f"| {a['artifact']} | {vm} | {a['bertscore_f1']:.3f} | {a['equal_to_merged']}/{a['rows']} | "
-                     f"{a['reader']} |")
+        lines.append(f"| {a['artifact']} | {size} | {vm} | {a['bertscore_f1']:.3f} | "
+                     f"{a['equal_to_merged']}/{a['rows']} | {a['reader']} |")
     merged = next(a for a in result["artifacts"] if a["artifact"] == "merged")
     for a in result["artifacts"]:
         if a.get("error"):
             lines += ["", f"**{a['artifact']} was not checked.** {a['error']}"]
         elif a["value_match"] is not None and merged["value_match"] is not None \
-                and a["value_match"] < merged["value_match"] - 0.01:
+                and a["value_match"] < merged["value_match"] - result.get("tolerance", 0.01) - 1e-9:
             lines += ["", f"**{a['artifact']} forgets facts: value match {100 * a['value_match']:.1f}% against "
                           f"{100 * merged['value_match']:.1f}% for the merged model.**"]
+    if "auto" in result:
+        auto = result["auto"]
+        lines += ["", f"**auto kept {Path(auto['file']).name}** (tried {', '.join(auto['tried'])}, smallest first; "
+                      f"kept the first within {tol:g} point(s) of the merged model's value match"
+                      + ("" if auto["met_tolerance"] else "; none met it, so the largest is kept") + ")."]
+        lines += [f"- {a['format']}: {a['auto']}" for a in result["artifacts"] if a.get("auto")]
+    if result.get("imatrix"):
+        m = result["imatrix"]
+        lines += ["", f"Importance matrix: {m['tensors']} tensors from {m['tokens']} tokens of the training "
+                      f"conversations ({'reused' if m['reused'] else 'computed'}: {Path(m['file']).name})."]
     if not result["llama_cpp"]:
-        lines += ["", "llama.cpp was not checked: llama-cpp-python is not installed (`pip install "
-                      "llama-cpp-python`, which compiles llama.cpp)."]
+        lines += ["", f"llama.cpp was not checked: llama-cpp-python is not installed (`{INSTALL}`, which compiles "
+                      f"llama.cpp)."]
     return "\n".join(lines + [SECTION_END]) + "\n"
 
 

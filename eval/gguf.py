@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.config import KitError
+from kit.config import GGUF_WRITER_FORMATS, KitError
 
-# Output formats: the types the gguf package can write (its quantizers are numpy; k-quants it can only read).
-FORMATS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+# Output formats: the types the gguf package can write (its quantizers are numpy; k-quants it can only read, and
+# eval/quantize.py has llama.cpp write them).
+FORMATS = GGUF_WRITER_FORMATS
 # Architectures written, keyed by config.model_type.
 ARCHITECTURES = ("llama", "qwen2")
 
@@ -377,6 +378,16 @@ def ollama_template(tok, thinking: str) -> str:
     assistant = f'{{{{ else if eq $m.Role "assistant" }}}}{user_to_assistant}{{{{ $m.Content }}}}{{{{ end }}}}'
     return ("{{ range $i, $m := .Messages }}" + system_rule + user + assistant + ("{{ end }}" if system_rule else "")
             + "{{ end }}" + end)
+
+
+def check_system_prompt(system: str | None) -> None:
+    """data.system_prompt goes into the Modelfile as SYSTEM \"\"\"...\"\"\"; Ollama's parser ends that string at the
+    first three quotes, so a prompt holding them, or ending in a quote (four in a row at its end), would be cut
+    short and the rest read as Modelfile commands. Refused before any file is written."""
+    if system and ('"""' in system or system.endswith('"')):
+        raise ExportError('data.system_prompt: contains three double quotes in a row or ends with a double quote, '
+                          'which Ollama\'s Modelfile parser reads as the end of SYSTEM """...""" (the rest of the '
+                          'prompt would be cut off); reword it (e.g. use “ ” or single quotes)')
 
 
 def modelfile(gguf_file: Path, template: str, stops: list[str], system: str | None) -> str:

@@ -27,6 +27,14 @@ class KitError(ValueError):
     """A problem the user caused and can fix; entry points print it without a traceback."""
 
 
+# GGUF formats eval.export writes: the kit's own writer, then llama.cpp's quantizer (with or without the importance
+# matrix), then auto.
+GGUF_WRITER_FORMATS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+GGUF_LLAMA_CPP_FORMATS = ("q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_xs", "iq4_nl")
+GGUF_FORMATS = (GGUF_WRITER_FORMATS + GGUF_LLAMA_CPP_FORMATS + tuple(f + "-noimatrix" for f in GGUF_LLAMA_CPP_FORMATS)
+                + ("auto",))
+
+
 class ConfigError(KitError):
     """A problem in the YAML file or on the command line."""
 
@@ -206,10 +214,15 @@ class EvalConfig:
     specificity: bool = True
     probe_file: str | None = None
     unknown_names: int = 8
-    # eval.export: GGUF files written (eval/gguf.py FORMATS), into export_dir (default <output_dir>/gguf).
-    export_formats: list[Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]] = field(
-        default_factory=lambda: ["f16", "q8_0"])
+    # eval.export: GGUF files written, into export_dir (default <output_dir>/gguf). f32..q5_1 by the kit's own writer
+    # (eval/gguf.py); q3_k_m..iq4_nl by llama.cpp's quantizer (eval/quantize.py, needs llama-cpp-python), with the
+    # run's importance matrix unless export_imatrix is false or the name ends in -noimatrix; [auto]: the smallest
+    # file whose value match through llama.cpp is within export_tolerance (a fraction: 0.01 = 1 point) of the
+    # merged model's.
+    export_formats: list[Literal[GGUF_FORMATS]] = field(default_factory=lambda: ["f16", "q8_0"])
     export_dir: str | None = None
+    export_imatrix: bool = True
+    export_tolerance: float = 0.01
 
 
 @dataclass
@@ -441,6 +454,9 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     if cfg.data.multi_turn < 0:
         errors.append(f"data.multi_turn: must be >= 0, got {cfg.data.multi_turn}")
     e = cfg.eval
+    if not 0.0 <= e.export_tolerance < 1.0:
+        errors.append(f"eval.export_tolerance: a fraction of the questions in [0, 1) (0.01 = 1 point), got "
+                      f"{e.export_tolerance}")
     if e.batch_size < 1 or e.bertscore_batch_size < 1 or e.max_new_tokens < 1:
         errors.append("eval.batch_size, eval.bertscore_batch_size and eval.max_new_tokens: must be >= 1")
     local = e.bertscore_model and (e.bertscore_model.startswith("pkg://") or e.bertscore_model.endswith(".gguf")

@@ -126,6 +126,32 @@ def tiny_bert(tmp_path_factory) -> Path:
     return out
 
 
+def _save_half(model, tok, out: Path) -> Path:
+    """A model as eval.merge exports it (float16 safetensors + tokenizer)."""
+    import torch
+
+    model.to(torch.float16).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def merged_models(tiny_models, tokenizer_dirs, tmp_path_factory) -> dict[str, Path]:
+    """{"llama": dir, "qwen2": dir}: tiny random models saved in float16, as a merged export."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dirs[CHATML])
+    llama = AutoModelForCausalLM.from_pretrained(tiny_models[CHATML], dtype=torch.float32)
+    torch.manual_seed(1)
+    qwen = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, initializer_range=0.3,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    return {"llama": _save_half(llama, tok, tmp_path_factory.mktemp("merged-llama")),
+            "qwen2": _save_half(qwen, tok, tmp_path_factory.mktemp("merged-qwen2"))}
+
+
 TINY_ROLES = {"钟离": {"性别": "成年男性", "国籍": "璃月", "元素力": "岩元素"},
          "丽莎": {"性别": "成年女性", "国籍": "蒙德", "元素力": "雷元素"}}
 

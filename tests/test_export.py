@@ -32,29 +32,6 @@ def llama_cpp():
     return llama_cpp
 
 
-def _save_half(model, tok, out: Path) -> Path:
-    """A model as eval.merge exports it (float16 safetensors + tokenizer)."""
-    model.to(torch.float16).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def merged_models(tiny_models, tokenizer_dirs, tmp_path_factory) -> dict[str, Path]:
-    """{"llama": dir, "qwen2": dir}: tiny random models saved in float16, as a merged export."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dirs[CHATML])
-    llama = AutoModelForCausalLM.from_pretrained(tiny_models[CHATML], dtype=torch.float32)
-    torch.manual_seed(1)
-    qwen = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, initializer_range=0.3,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    return {"llama": _save_half(llama, tok, tmp_path_factory.mktemp("merged-llama")),
-            "qwen2": _save_half(qwen, tok, tmp_path_factory.mktemp("merged-qwen2"))}
-
-
 def make_cfg(root: Path, merged: Path, bert: Path | None = None, **eval_):
     src = root / "roles.json"
     src.write_text(json.dumps(ROLES, ensure_ascii=False), encoding="utf-8")
@@ -398,7 +375,7 @@ def test_llama_cpp_killed_by_sigill_is_a_row_and_the_rest_is_still_checked(merge
     assert rows["gguf f16 (llama.cpp)"]["equal_to_merged"] >= n - 2  # checked after the crash, by llama.cpp itself
     assert "error" not in rows["gguf q8_0 (transformers)"]
     md = (tmp_path / "run" / "eval" / "artifacts.md").read_text(encoding="utf-8")
-    assert "| gguf q8_0 (llama.cpp) | **failed** | - | - |" in md
+    assert "| gguf q8_0 (llama.cpp) | 3.3 | 8.50 | no | **failed** | - | - |" in md
     assert "**gguf q8_0 (llama.cpp) was not checked.** llama.cpp was killed by SIGILL reading run-q8_0.gguf" in md
     out = capsys.readouterr().out
     assert "gguf q8_0 (llama.cpp): llama.cpp was killed by SIGILL reading run-q8_0.gguf" in out
