@@ -10,6 +10,10 @@ Conversation datasets (rows with a `messages` list of {role, content}, as TRL an
 - `.jsonl`, `.json` (a list of rows), `.parquet`, a directory written by `datasets.save_to_disk`, or `hf:owner/name`
   (a hub dataset). Its own train/test splits are used when it has them.
 
+Names are compared as `text_key` reads them: two entities (or two attributes of one entity, or two columns) that
+differ only in spaces or in full-width / half-width forms ("钟离" and "钟离 ", "ＡＢＣ" and "ABC") are one name written
+two ways, an error naming both. The names are kept as written, trimmed.
+
 Text files are read as UTF-8 (with or without BOM) or UTF-16 with a BOM (kit.files.read_text); anything else, e.g.
 GBK from Chinese Excel, is refused with the line, the encoding it looks like and how to save it as UTF-8.
 """
@@ -20,6 +24,7 @@ import csv
 import datetime as dt
 import io
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +50,24 @@ class Conversations:
 
     splits: dict[str, list[dict]]
     where: str
+
+
+def text_key(text: str) -> str:
+    """What makes two names, or two conversations, the same: Unicode NFKC (full-width and half-width forms alike: "？"
+    is "?", "Ａ" is "A"), whitespace trimmed and its runs made one space. Case and punctuation still tell them
+    apart ("1.5" is not "15")."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def same_name(a: str, b: str, what: str) -> str:
+    """'"钟离" and "钟离 " are the same entity after trimming spaces': two spellings of one `text_key`."""
+    if a.strip() == b.strip():
+        how = "trimming spaces"
+    elif a.split() == b.split():
+        how = "making repeated spaces one"
+    else:
+        how = "Unicode NFKC normalisation (full-width and half-width forms alike) and trimming spaces"
+    return f"\"{a}\" and \"{b}\" are the same {what} after {how}"
 
 
 def is_hub(source: str) -> bool:
@@ -102,14 +125,15 @@ def load_source(source: str, language: str = "zh", entity_column: str | None = N
 # Attribute JSON
 
 
-def _no_duplicates(path: Path):
+def _no_duplicates(where: str | Path, entities: bool = True):
+    """json's object_pairs_hook refusing a key given twice in one object (`entities`: the top level is entities)."""
     def hook(pairs: list[tuple[str, object]]) -> dict:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
                 # json calls the hook innermost-first: an object whose values are objects is the top level
-                what = "entity" if any(isinstance(v, dict) for _, v in pairs) else "key"
-                raise DataError(f"{path}: duplicate {what} \"{key}\" (json would silently keep the last one); "
+                what = "entity" if entities and any(isinstance(v, dict) for _, v in pairs) else "key"
+                raise DataError(f"{where}: duplicate {what} \"{key}\" (json would silently keep the last one); "
                                 f"merge the two entries into one")
             seen.add(key)
         return dict(pairs)
@@ -162,10 +186,14 @@ def attributes_from_json(raw: object, path: Path, language: str) -> Attributes:
                         f"list of rows with \"messages\" (a conversation dataset)")
     errors: list[str] = []
     out: Attributes = {}
+    entities: dict[str, str] = {}  # text_key -> the name as written
     for entity, attrs in raw.items():
         where = f"entity \"{entity}\""
         if not entity.strip():
             errors.append("an entity name is empty or whitespace")
+            continue
+        if (first := entities.setdefault(text_key(entity), entity)) != entity:
+            errors.append(f"{same_name(first, entity, 'entity')}; merge the two into one")
             continue
         if not isinstance(attrs, dict):
             errors.append(f"{where}: must be an object of attribute: value, got {type(attrs).__name__}")
@@ -174,10 +202,13 @@ def attributes_from_json(raw: object, path: Path, language: str) -> Attributes:
             errors.append(f"{where}: has no attributes")
             continue
         out[entity.strip()] = {}
+        names: dict[str, str] = {}
         for attr, value in attrs.items():
             at = f"{where}: attribute \"{attr}\""
             if not attr.strip():
                 errors.append(f"{where}: an attribute name is empty")
+            elif (first := names.setdefault(text_key(attr), attr)) != attr:
+                errors.append(f"{where}: {same_name(first, attr, 'attribute')}; keep one")
             elif isinstance(value, dict):
                 errors.append(f"{at}: nested objects are not supported; flatten it to \"{attr}\": \"value\"")
             elif (v := _value_text(value, language)) is None:
@@ -214,7 +245,7 @@ def _cell(x: object) -> str:
         return x.date().isoformat() if x.time() == dt.time() else x.isoformat(sep=" ")
     if isinstance(x, (dt.date, dt.time)):
         return x.isoformat()
-    return str(x).strip()
+    return str(x)
 
 
 def _read_delimited(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -251,7 +282,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, object]]:
         if not line.strip():
             continue
         try:
-            rows.append((n, json.loads(line)))
+            rows.append((n, json.loads(line, object_pairs_hook=_no_duplicates(f"{path}: line {n}", entities=False))))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: line {n}: invalid JSON at column {e.colno}: {e.msg}") from None
     if not rows:
@@ -283,7 +314,9 @@ def _jsonl_table(rows: list[tuple[int, object]], path: Path,
 
 
 def _split_header(rows: list[tuple[int, list[str]]], path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    rows = [(n, [c.strip() for c in cells]) for n, cells in rows if any(c.strip() for c in cells)]
+    """The first row with any text is the header; rows without any are dropped. Cells stay as written: they are
+    trimmed where they are read (attributes_from_table), so that a message can show a name as written."""
+    rows = [(n, cells) for n, cells in rows if any(c.strip() for c in cells)]
     if not rows:
         raise DataError(f"{path}: no rows; expected a header row (entity, then one column per attribute) and one "
                         f"row per entity")
@@ -303,19 +336,26 @@ def _column(i: int) -> str:
 
 def attributes_from_table(header: list[str], rows: list[tuple[int, list[str]]], where: str, language: str = "zh",
                           entity_column: str | None = None) -> Attributes:
-    """A wide or long table as {entity: {attribute: value}}, checked; row numbers are the file's."""
+    """A wide or long table as {entity: {attribute: value}}, checked; row numbers are the file's. Cells are trimmed;
+    names that are one name written two ways (text_key) are errors naming both."""
     width = max([len(header), *(len(c) for _, c in rows)])
-    header = header + [""] * (width - len(header))
+    written = header + [""] * (width - len(header))  # the header as written, for messages
+    header = [h.strip() for h in written]
+    rows = [(n, cells + [""] * (width - len(cells))) for n, cells in rows]
     errors: list[str] = []
-    used = [i for i in range(width) if header[i] or any(i < len(c) and c[i] for _, c in rows)]
-    seen: dict[str, int] = {}
+    used = [i for i in range(width) if header[i] or any(c[i].strip() for _, c in rows)]
+    seen: dict[str, int] = {}  # column name -> index
+    keys: dict[str, int] = {}  # text_key of a column name -> index
     for i in used:
         name = header[i]
         if not name:
             errors.append(f"column {_column(i)} has values but no name in the header row; name it or delete it")
-        elif name in seen:
-            errors.append(f"columns {_column(seen[name])} and {_column(i)} are both named \"{name}\"; rename or "
-                          f"merge one")
+        elif (j := keys.setdefault(text_key(name), i)) != i:
+            if written[j] == written[i]:
+                errors.append(f"columns {_column(j)} and {_column(i)} are both named \"{name}\"; rename or merge one")
+            else:
+                errors.append(f"columns {_column(j)} and {_column(i)}: {same_name(written[j], written[i], 'column')}; "
+                              f"rename or merge one")
         else:
             seen[name] = i
     _raise(where, errors)
@@ -335,18 +375,18 @@ def attributes_from_table(header: list[str], rows: list[tuple[int, list[str]]], 
         raise DataError(f"{where}: only the entity column \"{header[key]}\"; add one column per attribute, or use "
                         f"the long form with the columns entity, attribute, value")
     out: Attributes = {}
-    first_row: dict[str, int] = {}
-    for n, cells in rows:
-        cells = cells + [""] * (width - len(cells))
+    first_row: dict[str, tuple[int, str]] = {}  # text_key of an entity -> (its first row, the name as written there)
+    for n, raw in rows:
+        cells = [c.strip() for c in raw]
         entity = cells[key]
         if not entity:
             errors.append(f"row {n}: the entity column \"{header[key]}\" is empty")
             continue
-        if entity in first_row:
-            errors.append(f"row {n}: entity \"{entity}\" again (first in row {first_row[entity]}); merge the two "
-                          f"rows into one")
+        r, spelt = first_row.setdefault(text_key(entity), (n, raw[key]))
+        if r != n:
+            same = f"entity \"{entity}\" again" if spelt == raw[key] else same_name(spelt, raw[key], "entity")
+            errors.append(f"row {n}: {same} (first in row {r}); merge the two rows into one")
             continue
-        first_row[entity] = n
         facts = {name: cells[i] for i, name in attributes if cells[i]}
         if not facts:
             errors.append(f"row {n}: entity \"{entity}\" has no attributes (every other cell is empty)")
@@ -357,22 +397,30 @@ def attributes_from_table(header: list[str], rows: list[tuple[int, list[str]]], 
 
 
 def _long_table(header: list[str], rows: list[tuple[int, list[str]]], where: str) -> Attributes:
+    """One fact a row. An entity's rows name it the same way once trimmed ("钟离 " is "钟离"); a spelling that only
+    text_key makes the same (full-width, repeated spaces) is an error, as it would otherwise split one entity in
+    two."""
     cols = [i for i, h in enumerate(header) if h]
     out: Attributes = {}
-    first: dict[tuple[str, str], int] = {}
+    spelling: dict[str, tuple[int, str]] = {}  # text_key of an entity -> (its first row, its name there)
+    first: dict[tuple[str, str], tuple[int, str]] = {}  # text_keys of (entity, attribute) -> (row, attribute there)
     errors: list[str] = []
-    for n, cells in rows:
-        cells = cells + [""] * (len(header) - len(cells))
-        entity, attribute, value = (cells[i] for i in cols)
+    for n, raw in rows:
+        entity, attribute, value = (raw[i].strip() for i in cols)
         missing = [header[i] for i, c in zip(cols, (entity, attribute, value)) if not c]
         if missing:
             errors.append(f"row {n}: empty {', '.join(missing)}")
             continue
-        if (entity, attribute) in first:
-            errors.append(f"row {n}: \"{entity}\" / \"{attribute}\" again (first in row {first[entity, attribute]}); "
-                          f"keep one value per entity and attribute")
+        r, spelt = spelling.setdefault(text_key(entity), (n, entity))
+        if spelt != entity:
+            errors.append(f"row {n}: {same_name(spelt, entity, 'entity')} (first in row {r}); write it one way")
             continue
-        first[entity, attribute] = n
+        r, attr = first.setdefault((text_key(entity), text_key(attribute)), (n, attribute))
+        if r != n:
+            same = f"\"{attribute}\" again" if attr == attribute else same_name(attr, attribute, "attribute")
+            errors.append(f"row {n}: \"{entity}\" / {same} (first in row {r}); keep one value per entity and "
+                          f"attribute")
+            continue
         out.setdefault(entity, {})[attribute] = value
     _raise(where, errors)
     return out

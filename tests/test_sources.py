@@ -94,6 +94,68 @@ def test_bad_tables_name_the_row_or_column_and_write_nothing(tmp_path, name, tex
     assert not (tmp_path / "out").exists()
 
 
+# One name written two ways (issue 26: "钟离 " wiped 钟离's facts): an error naming both, in every source form.
+ZHONGLI_TWICE = {"钟离": {"国籍": "璃月", "元素力": "岩元素"}, "钟离 ": {"身份": "往生堂客卿"}}
+SAME_ZHONGLI = r'"钟离" and "钟离 " are the same entity after trimming spaces'
+SAME_NAMES = [
+    ("twice.json", lambda p: p.write_text(json.dumps(ZHONGLI_TWICE, ensure_ascii=False), encoding="utf-8"),
+     SAME_ZHONGLI + r"; merge the two into one"),
+    ("twice.csv", lambda p: p.write_text("名字,国籍,元素力,身份\n钟离,璃月,岩元素,\n钟离 ,,,往生堂客卿\n", encoding="utf-8"),
+     r"row 3: " + SAME_ZHONGLI + r" \(first in row 2\); merge the two rows into one"),
+    ("twice.tsv", lambda p: p.write_text("名字\t国籍\t身份\n钟离\t璃月\t\n 钟离\t\t往生堂客卿\n", encoding="utf-8"),
+     r'row 3: "钟离" and " 钟离" are the same entity after trimming spaces \(first in row 2\)'),
+    ("twice.xlsx", lambda p: write_xlsx(p, [["名字", "国籍", "身份"], ["钟离", "璃月", None], ["钟离 ", None, "往生堂客卿"]]),
+     r"row 3: " + SAME_ZHONGLI + r" \(first in row 2\)"),
+    ("twice.jsonl", lambda p: p.write_text('{"名字": "钟离", "国籍": "璃月"}\n{"名字": "钟离 ", "身份": "往生堂客卿"}\n',
+                                           encoding="utf-8"),
+     r"row 2: " + SAME_ZHONGLI + r" \(first in row 1\)"),
+    ("fullwidth.json", lambda p: p.write_text('{"ABC": {"nation": "Mondstadt"}, "ＡＢＣ": {"role": "knight"}}',
+                                              encoding="utf-8"),
+     r'"ABC" and "ＡＢＣ" are the same entity after Unicode NFKC normalisation \(full-width and half-width forms '
+     r"alike\) and trimming spaces"),
+    ("spaces.csv", lambda p: p.write_text("name,nation\nTomas Lind,Sweden\nTomas  Lind,Norway\n", encoding="utf-8"),
+     r'row 3: "Tomas Lind" and "Tomas  Lind" are the same entity after making repeated spaces one'),
+    ("long.csv", lambda p: p.write_text("entity,attribute,value\nＡＢＣ,nation,Mondstadt\nABC,role,knight\n",
+                                        encoding="utf-8"),
+     r'row 3: "ＡＢＣ" and "ABC" are the same entity after Unicode NFKC .*\(first in row 2\); write it one way'),
+    # attributes of one entity, and columns
+    ("attr.json", lambda p: p.write_text('{"钟离": {"性别": "男", "性别 ": "女"}}', encoding="utf-8"),
+     r'entity "钟离": "性别" and "性别 " are the same attribute after trimming spaces; keep one'),
+    ("attr.csv", lambda p: p.write_text("名字,性别,性别 \n钟离,男,女\n", encoding="utf-8"),
+     r'columns B and C: "性别" and "性别 " are the same column after trimming spaces; rename or merge one'),
+    ("attr.xlsx", lambda p: write_xlsx(p, [["name", "Age", "Ａｇｅ"], ["Lisa", 25, 26]]),
+     r'columns B and C: "Age" and "Ａｇｅ" are the same column after Unicode NFKC'),
+    ("attr.jsonl", lambda p: p.write_text('{"名字": "钟离", "性别": "男", "性别 ": "女"}\n', encoding="utf-8"),
+     r'columns B and C: "性别" and "性别 " are the same column after trimming spaces'),
+    ("key.jsonl", lambda p: p.write_text('{"名字": "钟离", "性别": "男", "性别": "女"}\n', encoding="utf-8"),
+     r'key\.jsonl: line 1: duplicate key "性别" \(json would silently keep the last one\)'),
+    ("attr-long.csv", lambda p: p.write_text("entity,attribute,value\n钟离,性别,男\n钟离,性别 ,女\n", encoding="utf-8"),
+     r'row 3: "钟离" / "性别" again \(first in row 2\); keep one value per entity and attribute'),
+    ("attr-long.tsv", lambda p: p.write_text("entity\tattribute\tvalue\n钟离\tAge\t6000\n钟离\tＡｇｅ\t6001\n",
+                                             encoding="utf-8"),
+     r'row 3: "钟离" / "Age" and "Ａｇｅ" are the same attribute after Unicode NFKC .*\(first in row 2\)'),
+]
+
+
+@pytest.mark.parametrize("name,write,pattern", SAME_NAMES, ids=[c[0] for c in SAME_NAMES])
+def test_one_name_written_two_ways_is_an_error_naming_both(tmp_path, name, write, pattern):
+    write(tmp_path / name)
+    with pytest.raises(DataError, match=pattern):
+        build(cfg_for(tmp_path / name, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_are_kept_as_written_and_case_still_tells_them_apart(tmp_path):
+    src = tmp_path / "people.json"
+    src.write_text('{" ＡＢＣ ": {"nation": "Mondstadt"}, "Apple": {"kind ": "fruit"}, "apple": {"kind": "tree"}}',
+                   encoding="utf-8")
+    assert load_source(str(src), "en") == {"ＡＢＣ": {"nation": "Mondstadt"}, "Apple": {"kind": "fruit"},
+                                           "apple": {"kind": "tree"}}
+    long = tmp_path / "long.csv"  # the long form names an entity on every row: trimmed, they are one
+    long.write_text("entity,attribute,value\n钟离,国籍,璃月\n钟离 ,身份,往生堂客卿\n", encoding="utf-8")
+    assert load_source(str(long)) == {"钟离": {"国籍": "璃月", "身份": "往生堂客卿"}}
+
+
 def test_missing_entity_column_lists_the_header(tmp_path):
     src = tmp_path / "t.csv"
     src.write_text(WIDE, encoding="utf-8")
