@@ -68,9 +68,9 @@ def test_a_second_run_is_refused_while_the_first_lives_and_takes_over_once_it_is
     proc = run_python(HOLD, str(out))  # without os.pread / os.pwrite, as on Windows
     try:
         assert proc.stdout.readline() == "held\n"
-        with pytest.raises(Busy, match=rf"^{re.escape(str(out))}: another run is writing here \(process {proc.pid}: sft\.train\); "
-                                       rf"wait for it to finish or stop it \(kill {proc.pid}\), or choose another "
-                                       rf"output_dir$"):
+        with pytest.raises(Busy, match=rf"^{re.escape(str(out))}: another run is writing here \(process {proc.pid}: "
+                                       rf"sft\.train\); wait for it to finish or stop it \(kill {proc.pid}\), or "
+                                       rf"choose another output_dir$"):
             with output_lock(out, "eval.run"):
                 pass
     finally:
