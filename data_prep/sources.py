@@ -12,7 +12,7 @@ Conversation datasets (rows with a `messages` list of {role, content}, as TRL an
 
 Names are compared as `text_key` reads them: two entities (or two attributes of one entity, or two columns) that
 differ only in spaces or in full-width / half-width forms ("钟离" and "钟离 ", "ＡＢＣ" and "ABC") are one name written
-two ways, an error naming both. The names are kept as written, trimmed.
+two ways: an error naming both. The names are kept as written, trimmed.
 
 Text files are read as UTF-8 (with or without BOM) or UTF-16 with a BOM (kit.files.read_text); anything else, e.g.
 GBK from Chinese Excel, is refused with the line, the encoding it looks like and how to save it as UTF-8.
@@ -54,19 +54,20 @@ class Conversations:
 
 def text_key(text: str) -> str:
     """What makes two names, or two conversations, the same: Unicode NFKC (full-width and half-width forms alike: "？"
-    is "?", "Ａ" is "A"), whitespace trimmed and its runs made one space. Case and punctuation still tell them
-    apart ("1.5" is not "15")."""
-    return " ".join(unicodedata.normalize("NFKC", text).split())
+    is "?", "Ａ" is "A") without any whitespace ("甘雨来自哪里 ?" is "甘雨来自哪里?": Chinese puts no spaces between
+    words, so only spaces can tell such texts apart, never meaning). Case and punctuation still tell them apart
+    ("1.5" is not "15")."""
+    return "".join(unicodedata.normalize("NFKC", text).split())
 
 
 def same_name(a: str, b: str, what: str) -> str:
     """'"钟离" and "钟离 " are the same entity after trimming spaces': two spellings of one `text_key`."""
     if a.strip() == b.strip():
         how = "trimming spaces"
-    elif a.split() == b.split():
-        how = "making repeated spaces one"
+    elif "".join(a.split()) == "".join(b.split()):
+        how = "removing spaces"
     else:
-        how = "Unicode NFKC normalisation (full-width and half-width forms alike) and trimming spaces"
+        how = "Unicode NFKC normalisation (full-width and half-width forms alike), ignoring spaces"
     return f"\"{a}\" and \"{b}\" are the same {what} after {how}"
 
 
@@ -398,7 +399,7 @@ def attributes_from_table(header: list[str], rows: list[tuple[int, list[str]]], 
 
 def _long_table(header: list[str], rows: list[tuple[int, list[str]]], where: str) -> Attributes:
     """One fact a row. An entity's rows name it the same way once trimmed ("钟离 " is "钟离"); a spelling that only
-    text_key makes the same (full-width, repeated spaces) is an error, as it would otherwise split one entity in
+    text_key makes the same (full-width forms, spaces inside) is an error, as it would otherwise split one entity in
     two."""
     cols = [i for i, h in enumerate(header) if h]
     out: Attributes = {}

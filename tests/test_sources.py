@@ -112,9 +112,9 @@ SAME_NAMES = [
     ("fullwidth.json", lambda p: p.write_text('{"ABC": {"nation": "Mondstadt"}, "ＡＢＣ": {"role": "knight"}}',
                                               encoding="utf-8"),
      r'"ABC" and "ＡＢＣ" are the same entity after Unicode NFKC normalisation \(full-width and half-width forms '
-     r"alike\) and trimming spaces"),
+     r"alike\), ignoring spaces; merge the two into one"),
     ("spaces.csv", lambda p: p.write_text("name,nation\nTomas Lind,Sweden\nTomas  Lind,Norway\n", encoding="utf-8"),
-     r'row 3: "Tomas Lind" and "Tomas  Lind" are the same entity after making repeated spaces one'),
+     r'row 3: "Tomas Lind" and "Tomas  Lind" are the same entity after removing spaces'),
     ("long.csv", lambda p: p.write_text("entity,attribute,value\nＡＢＣ,nation,Mondstadt\nABC,role,knight\n",
                                         encoding="utf-8"),
      r'row 3: "ＡＢＣ" and "ABC" are the same entity after Unicode NFKC .*\(first in row 2\); write it one way'),
@@ -224,6 +224,52 @@ def test_a_saved_dataset_with_splits_keeps_them(tmp_path):
     test = [json.loads(x)["messages"][0]["content"] for x in (out / "test.jsonl").read_text("utf-8").splitlines()]
     assert test == ["温迪的身份是什么?", "甘雨是什么性格?"]
     assert len((out / "train.jsonl").read_text("utf-8").splitlines()) == 4
+
+
+def chat(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def test_test_questions_asked_in_train_are_dropped_once_read_alike_and_counted(tmp_path, capsys):
+    """Issue 26: full-width ？ and a trailing space made train questions look new to the test split."""
+    from datasets import Dataset, DatasetDict
+
+    train = [chat("甘雨来自哪里?", "甘雨来自璃月"), chat("温迪是什么元素?", "温迪是风元素"), chat("钟离是男性还是女性?", "钟离是男性")]
+    test = [chat("甘雨来自哪里？", "甘雨来自璃月"),  # full-width question mark
+            chat("温迪是什么元素? ", "温迪是风元素 "),  # trailing spaces
+            chat("钟离是男性还是女性?", "钟离是男性"),  # the exact copy
+            chat("钟离是男性还是女性？", "钟离是男性。"),  # a train question with another answer
+            chat("  丽莎使用哪种元素?", "丽莎使用雷元素\n"), chat("丽莎使用哪种元素?", "丽莎使用雷元素")]  # a repeat
+    DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)}).save_to_disk(str(tmp_path / "ds"))
+    out = build(cfg_for(tmp_path / "ds", tmp_path / "o"))
+    rows = {f: [json.loads(x) for x in (out / f"{f}.jsonl").read_text("utf-8").splitlines()] for f in ("train", "test")}
+    assert [r["messages"] for r in rows["test"]] == [[{"role": "user", "content": "丽莎使用哪种元素?"},
+                                                      {"role": "assistant", "content": "丽莎使用雷元素"}]]
+    assert [r["messages"][0]["content"] for r in rows["train"]] == ["甘雨来自哪里?", "温迪是什么元素?", "钟离是男性还是女性?"]
+    stats = json.loads((out / "stats.json").read_text("utf-8"))
+    assert stats["conversations_dropped"] == {"test_in_train": 4, "repeated": 1}
+    assert ("; dropped 4 test conversation(s) asking what train ones ask and 1 repeat(s) (compared after Unicode NFKC, "
+            "ignoring spaces)") in capsys.readouterr().out
+
+
+def test_messages_are_trained_without_leading_and_trailing_whitespace(tmp_path):
+    src = write_jsonl(tmp_path / "chat.jsonl", [chat("温迪是什么元素? ", " 温迪是风元素\n"), chat("\t香菱是哪国人?", "香菱来自璃月  ")])
+    out = build(cfg_for(src, tmp_path / "o", test_size=0.5))
+    rows = [json.loads(x) for f in ("train.jsonl", "test.jsonl") for x in (out / f).read_text("utf-8").splitlines()]
+    assert sorted(r["messages"][0]["content"] + "|" + r["messages"][1]["content"] for r in rows) == [
+        "温迪是什么元素?|温迪是风元素", "香菱是哪国人?|香菱来自璃月"]
+
+
+def test_a_test_split_made_only_of_train_questions_is_an_error(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list([chat("甘雨来自哪里?", "甘雨来自璃月")]),
+                 "validation": Dataset.from_list([chat("甘雨来自哪里？", "甘雨来自璃月。")])}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(DataError, match=r"1 train and 0 test conversations \(1 test conversation\(s\) dropped: they "
+                                        r"ask what train ones ask\); add validation rows that ask what no train row "
+                                        r"asks$"):
+        build(cfg_for(tmp_path / "ds", tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
 
 
 def test_parquet_and_json_lists_of_messages(tmp_path):
