@@ -2,7 +2,8 @@
 
 Attribute tables ({entity: {attribute: value}}), by file type:
 - `.json`: {"钟离": {"性别": "成年男性", ...}, ...}
-- `.csv` / `.tsv` / `.xlsx` (first sheet) / `.jsonl` (one object per entity), either
+- `.csv` / `.tsv` / `.xlsx` (the first visible sheet, cells as Excel shows them) / `.jsonl` (one object per
+  entity), either
   wide: one row per entity, the entity in `data.entity_column` (default: the first column), one column per attribute;
   or long: exactly the columns entity, attribute, value (or 实体, 属性, 值), one row per fact.
   An empty cell means the entity has no such attribute.
@@ -24,8 +25,10 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from kit.config import KitError
@@ -37,6 +40,9 @@ LONG_HEADERS = (("entity", "attribute", "value"), ("实体", "属性", "值"))
 ROLES = ("system", "user", "assistant")
 HUB_PREFIX = "hf:"
 MAX_LISTED = 20  # problems listed in one error; the count says how many there were
+# What a spreadsheet shows where a formula failed; a CSV exported from it holds the same text.
+SPREADSHEET_ERRORS = ("#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A", "#GETTING_DATA", "#SPILL!",
+                      "#CALC!", "#FIELD!", "#BLOCKED!", "#CONNECT!", "#BUSY!", "#UNKNOWN!")
 
 
 class DataError(KitError):
@@ -228,25 +234,10 @@ def attributes_from_json(raw: object, path: Path, language: str) -> Attributes:
 
 
 def _number(x: int | float) -> str:
-    """Spreadsheet numbers as a person wrote them: 1.0 -> "1", 2.50 -> "2.5"."""
+    """Numbers as a person wrote them: 1.0 -> "1", 2.50 -> "2.5"."""
     if isinstance(x, float) and x.is_integer():
         return str(int(x))
     return repr(x) if isinstance(x, float) else str(x)
-
-
-def _cell(x: object) -> str:
-    """A cell as text: numbers without a spurious .0, dates as 2024-05-01 (with the time only when there is one)."""
-    if x is None:
-        return ""
-    if isinstance(x, bool):
-        return "true" if x else "false"
-    if isinstance(x, (int, float)):
-        return _number(x)
-    if isinstance(x, dt.datetime):
-        return x.date().isoformat() if x.time() == dt.time() else x.isoformat(sep=" ")
-    if isinstance(x, (dt.date, dt.time)):
-        return x.isoformat()
-    return str(x)
 
 
 def _read_delimited(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -258,22 +249,6 @@ def _read_delimited(path: Path, delimiter: str) -> tuple[list[str], list[tuple[i
             rows.append((reader.line_num, cells))
     except csv.Error as e:
         raise DataError(f"{path}: line {reader.line_num}: {e}; check the quotes on that line") from None
-    return _split_header(rows, path)
-
-
-def _read_xlsx(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    try:
-        from openpyxl import load_workbook
-    except ImportError:  # a dependency of the kit; only a broken install lacks it
-        raise DataError(f"{path}: reading .xlsx needs openpyxl: pip install openpyxl") from None
-    try:
-        book = load_workbook(path, read_only=True, data_only=True)
-    except Exception as e:  # noqa: BLE001 - zipfile / openpyxl raise several types for a damaged or misnamed file
-        raise DataError(f"{path}: not a readable .xlsx workbook ({type(e).__name__}: {e}); save it from Excel as "
-                        f"\"Excel Workbook (.xlsx)\" or as CSV UTF-8") from None
-    sheet = book.worksheets[0]
-    rows = [(n, [_cell(c) for c in cells]) for n, cells in enumerate(sheet.iter_rows(values_only=True), start=1)]
-    book.close()
     return _split_header(rows, path)
 
 
@@ -306,10 +281,14 @@ def _jsonl_table(rows: list[tuple[int, object]], path: Path,
         cells = []
         for k in header:
             v = r.get(k)  # type: ignore[union-attr]
-            if isinstance(v, (dict, list)) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
-                raise DataError(f"{path}: line {n}: \"{k}\" must be a string or a number, got "
-                                f"{json.dumps(v, ensure_ascii=False)[:60]}")
-            cells.append(_value_text(v, language) or "" if isinstance(v, list) else _cell(v))
+            if v is None:  # absent or null: no such attribute, as an empty cell
+                text = ""
+            elif isinstance(v, str):  # as written: trimmed with the other cells, where a message can show both
+                text = v
+            elif (text := _value_text(v, language)) is None:  # true/false too, as in the JSON form
+                raise DataError(f"{path}: line {n}: \"{k}\" must be a string, a number or a non-empty list of "
+                                f"strings, got {json.dumps(v, ensure_ascii=False)[:60]}")
+            cells.append(text)
         table.append((n, cells))
     return header, table
 
@@ -379,6 +358,9 @@ def attributes_from_table(header: list[str], rows: list[tuple[int, list[str]]], 
     first_row: dict[str, tuple[int, str]] = {}  # text_key of an entity -> (its first row, the name as written there)
     for n, raw in rows:
         cells = [c.strip() for c in raw]
+        if failed := _spreadsheet_errors(n, cells, used):
+            errors += failed
+            continue
         entity = cells[key]
         if not entity:
             errors.append(f"row {n}: the entity column \"{header[key]}\" is empty")
@@ -397,6 +379,13 @@ def attributes_from_table(header: list[str], rows: list[tuple[int, list[str]]], 
     return out
 
 
+def _spreadsheet_errors(n: int, cells: list[str], columns: list[int]) -> list[str]:
+    """Row n's cells that hold a spreadsheet's error text (#N/A...): a formula that failed before the export."""
+    return [f"row {n}, column {_column(i)}: \"{cells[i]}\" is a spreadsheet error, not a value; fix what the formula "
+            f"computes from in the spreadsheet and export again, or empty the cell"
+            for i in columns if cells[i].upper() in SPREADSHEET_ERRORS]
+
+
 def _long_table(header: list[str], rows: list[tuple[int, list[str]]], where: str) -> Attributes:
     """One fact a row. An entity's rows name it the same way once trimmed ("钟离 " is "钟离"); a spelling that only
     text_key makes the same (full-width forms, spaces inside) is an error, as it would otherwise split one entity in
@@ -407,6 +396,9 @@ def _long_table(header: list[str], rows: list[tuple[int, list[str]]], where: str
     first: dict[tuple[str, str], tuple[int, str]] = {}  # text_keys of (entity, attribute) -> (row, attribute there)
     errors: list[str] = []
     for n, raw in rows:
+        if failed := _spreadsheet_errors(n, [c.strip() for c in raw], cols):
+            errors += failed
+            continue
         entity, attribute, value = (raw[i].strip() for i in cols)
         missing = [header[i] for i, c in zip(cols, (entity, attribute, value)) if not c]
         if missing:
@@ -425,6 +417,119 @@ def _long_table(header: list[str], rows: list[tuple[int, list[str]]], where: str
         out.setdefault(entity, {})[attribute] = value
     _raise(where, errors)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Spreadsheets: each cell as Excel shows it, or an error naming the cell
+
+
+def _read_xlsx(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The first visible sheet (a hidden one is not what a person sees on opening the file), as text cells.
+
+    A cell Excel would show as an error (#N/A, #DIV/0!...), a formula with no saved value (a workbook written by a
+    program and never calculated: Excel computes on opening, openpyxl cannot), TRUE/FALSE (refused in JSON too) and
+    cells merged across columns are errors naming the cell. Cells merged down one column give every row the value
+    shown across them. Hidden rows and columns are read: they hold data, only out of sight."""
+    try:
+        from openpyxl import load_workbook
+    except ImportError:  # a dependency of the kit; only a broken install lacks it
+        raise DataError(f"{path}: reading .xlsx needs openpyxl: pip install openpyxl") from None
+    try:
+        book = load_workbook(path, data_only=True)  # not read_only: merged ranges are only known so
+        formulas = load_workbook(path, read_only=True)  # the formulas, whose saved values `book` has
+    except Exception as e:  # noqa: BLE001 - zipfile / openpyxl raise several types for a damaged or misnamed file
+        raise DataError(f"{path}: not a readable .xlsx workbook ({type(e).__name__}: {e}); save it from Excel as "
+                        f"\"Excel Workbook (.xlsx)\" or as CSV UTF-8") from None
+    visible = [s for s in book.worksheets if s.sheet_state == "visible"]
+    if not visible:
+        raise DataError(f"{path}: every sheet is hidden; unhide the one with the table (Excel: right-click a sheet "
+                        f"tab > Unhide)")
+    sheet = visible[0]
+    formula = {c.coordinate: str(getattr(c.value, "text", c.value)) for cells in formulas[sheet.title].iter_rows()
+               for c in cells if getattr(c, "data_type", None) == "f"}
+    formulas.close()
+    at = f"sheet {sheet.title}"
+    errors: list[str] = []
+    rows: list[tuple[int, list[str]]] = []
+    for cells in sheet.iter_rows(min_row=1, min_col=1):
+        texts = []
+        for c in cells:
+            text = ""
+            if c.data_type == "e":
+                errors.append(f"{at}, cell {c.coordinate}: {c.value} is an Excel error, not a value; fix what it "
+                              f"computes from, or clear the cell")
+            elif c.value is None and c.coordinate in formula and c.data_type != "str":  # "str": a saved ""
+                errors.append(f"{at}, cell {c.coordinate}: the formula {formula[c.coordinate]} has no saved value "
+                              f"(the workbook was written by a program and never calculated); open it in Excel or "
+                              f"LibreOffice and save it, or type the value in its place")
+            elif isinstance(c.value, bool):
+                errors.append(f"{at}, cell {c.coordinate}: {str(c.value).upper()} says nothing to phrase as a fact; "
+                              f"write the value as words (yes / no, 是 / 否)")
+            else:
+                text = _shown(c.value, c.number_format)
+            texts.append(text)
+        rows.append((cells[0].row, texts))
+    header_row = next((n for n, texts in rows if any(t.strip() for t in texts)), 0)
+    for merged in sheet.merged_cells.ranges:
+        top = rows[merged.min_row - 1][1][merged.min_col - 1]
+        if not top.strip():
+            continue
+        if merged.min_col != merged.max_col:
+            errors.append(f"{at}, cells {merged.coord}: merged across columns, so \"{top}\" would belong to column "
+                          f"{_column(merged.min_col - 1)} only; unmerge them (Home > Merge & Center) and give each "
+                          f"column its own value")
+        elif merged.min_row <= header_row:
+            errors.append(f"{at}, cells {merged.coord}: merged down from the header row; unmerge them: the header is "
+                          f"one row, one name a column")
+        else:
+            for n in range(merged.min_row + 1, merged.max_row + 1):
+                rows[n - 1][1][merged.min_col - 1] = top
+    book.close()
+    _raise(str(path), errors)
+    return _split_header(rows, path)
+
+
+def _shown(value: object, number_format: str) -> str:
+    """A cell's value as Excel shows it, in the forms the kit writes facts in: numbers to Excel's 15 significant
+    digits without a spurious .0, percentages as 15%, zero-padded number formats padded (00123), dates as
+    2021-03-01 (a date-time at midnight too), times as 14:30, date-times as 2021-03-01 14:30 (with seconds where
+    the format shows them or there are some). Other number formats (thousands separators, currency symbols,
+    decimals shown) are not applied: the number is the fact."""
+    from openpyxl.styles.numbers import is_datetime
+
+    # the format for positive numbers (the first of up to four sections), without quoted text, \x and [colour]
+    plain = re.sub(r'"[^"]*"|\\.|\[[^\]]*\]', "", number_format.split(";")[0])
+    seconds = "s" in plain.lower()
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dt.datetime):
+        if is_datetime(number_format) == "date" or value.time() == dt.time():
+            return value.date().isoformat()
+        return f"{value.date().isoformat()} {_clock(value.time(), seconds)}"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, dt.time):
+        return _clock(value, seconds)
+    if isinstance(value, dt.timedelta):  # a duration format ([h]:mm): hours past 24 as Excel shows them
+        minutes, secs = divmod(round(value.total_seconds()), 60)
+        return f"{minutes // 60}:{minutes % 60:02d}" + (f":{secs:02d}" if seconds or secs else "")
+    if isinstance(value, (int, float)):
+        if "%" in plain:
+            decimals = re.search(r"\.(0*)", plain)
+            return f"{value * 100:.{len(decimals.group(1)) if decimals else 0}f}%"
+        if re.fullmatch(r"0{2,}", plain) and float(value).is_integer() and value >= 0:
+            return str(int(value)).zfill(len(plain))
+        if isinstance(value, float) and not value.is_integer():
+            # Excel keeps 15 significant digits: 0.1 + 0.2 is 0.3 there, not 0.30000000000000004
+            return format(Decimal(f"{value:.15g}"), "f")
+        return _number(value)
+    return str(value)
+
+
+def _clock(t: dt.time, seconds: bool) -> str:
+    return t.strftime("%H:%M:%S" if seconds or t.second else "%H:%M")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -68,6 +68,111 @@ def test_entity_column_by_name_and_spreadsheet_dates(tmp_path):
                    "李经理": {"部门": "销售", "入职日期": "2023-01-09 14:30:00", "工号": "7"}}
 
 
+def saved_by_excel(path: Path, values: dict[str, object]) -> Path:
+    """What Excel writes on saving and openpyxl never does: each formula cell with its last value (a str: a text
+    result)."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    sheet = files["xl/worksheets/sheet1.xml"].decode()
+    for cell, value in values.items():
+        kind = ' t="str"' if isinstance(value, str) else ""
+        sheet, n = re.subn(rf'<c r="{cell}"([^>]*)><f>(.*?)</f><v ?/>',
+                           rf'<c r="{cell}"\1{kind}><f>\2</f><v>{value}</v>', sheet)
+        assert n == 1, cell
+    files["xl/worksheets/sheet1.xml"] = sheet.encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_spreadsheet_cells_read_as_excel_shows_them(tmp_path):
+    from openpyxl import Workbook
+
+    book = Workbook()
+    notes = book.active
+    notes.title = "说明"
+    notes.append(["这张表是隐藏的草稿"])
+    notes.sheet_state = "hidden"  # the first sheet, hidden: not what a person sees on opening the file
+    sheet = book.create_sheet("人物")
+    sheet.append(["名字", "部门", "年龄", "身高", "入职", "打卡", "占比", "工号", "编号", "时长", "下一年", "备注", "爱好"])
+    sheet.append(["钟离", "往生堂", 6000.0, 1.8 + 0.1, dt.datetime(2021, 3, 1), dt.datetime(2021, 3, 1, 14, 30), 0.15,
+                  "007", 123, dt.timedelta(hours=26, minutes=5), "=C2+1", '=IF(C2>9999,"老","")', "  喝茶 "])
+    sheet.append(["胡桃", None, 18, 1.6, dt.datetime(2022, 7, 15, 9, 5), dt.time(9, 5), 0.125, "010", 45, None,
+                  "=C3+1", '=IF(C3>9999,"老","")', None])
+    sheet.merge_cells("B2:B3")  # one 部门 shown across both rows
+    sheet["E2"].number_format = "yyyy/m/d"
+    sheet["E3"].number_format = "yyyy/m/d"  # a date format: the time of day is not shown
+    sheet["F2"].number_format = "yyyy/m/d h:mm"
+    sheet["F3"].number_format = "h:mm"
+    sheet["G2"].number_format = "0%"
+    sheet["G3"].number_format = "0.0%"
+    sheet["I2"].number_format = sheet["I3"].number_format = "00000"
+    book.save(tmp_path / "people.xlsx")
+    book.move_sheet("人物", offset=-1)  # the same table as the first sheet: Excel keeps the formulas' values there
+    book.save(tmp_path / "first.xlsx")
+    saved_by_excel(tmp_path / "first.xlsx", {"K2": 6001, "L2": "老", "K3": 19, "L3": ""})
+    assert load_source(str(tmp_path / "first.xlsx")) == {
+        "钟离": {"部门": "往生堂", "年龄": "6000", "身高": "1.9", "入职": "2021-03-01", "打卡": "2021-03-01 14:30",
+               "占比": "15%", "工号": "007", "编号": "00123", "时长": "26:05:00", "下一年": "6001", "备注": "老",
+               "爱好": "喝茶"},
+        "胡桃": {"部门": "往生堂", "年龄": "18", "身高": "1.6", "入职": "2022-07-15", "打卡": "09:05", "占比": "12.5%",
+               "工号": "010", "编号": "00045", "下一年": "19"}}
+    # the formulas of a workbook no spreadsheet program has calculated have no value to read, on a sheet after a
+    # hidden one
+    with pytest.raises(DataError, match=r"people\.xlsx: 4 problem\(s\):\n  sheet 人物, cell K2: the formula =C2\+1 "
+                                        r"has no saved value \(the workbook was written by a program and never "
+                                        r"calculated\); open it in Excel or LibreOffice and save it, or type the value "
+                                        r"in its place\n  sheet 人物, cell L2: the formula =IF\(C2>9999,\"老\",\"\"\) "
+                                        r"has no saved value"):
+        load_source(str(tmp_path / "people.xlsx"))
+
+
+EXCEL_ERRORS = ["#N/A", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#NULL!"]
+BAD_SHEETS = [  # what each sheet holds, and the problems listed, written out
+    ("errors", [["name", "team size"], *([f"P{i}", code] for i, code in enumerate(EXCEL_ERRORS))],
+     "\n  ".join(f"sheet Sheet, cell B{row}: {code} is an Excel error, not a value; fix what it computes from, or "
+                 f"clear the cell" for row, code in enumerate(EXCEL_ERRORS, start=2))),
+    ("bool", [["name", "vegetarian"], ["Lisa", True]],
+     "sheet Sheet, cell B2: TRUE says nothing to phrase as a fact; write the value as words (yes / no, 是 / 否)"),
+    ("across", [["name", "nation", "region"], ["Lisa", "Mondstadt", None]],
+     'sheet Sheet, cells B2:C2: merged across columns, so "Mondstadt" would belong to column B only; unmerge them '
+     "(Home > Merge & Center) and give each column its own value"),
+    ("header", [["name", "nation"], [None, "Mondstadt"]],
+     "sheet Sheet, cells A1:A2: merged down from the header row; unmerge them: the header is one row, one name a "
+     "column"),
+]
+
+
+@pytest.mark.parametrize("name,rows,problems", BAD_SHEETS, ids=[b[0] for b in BAD_SHEETS])
+def test_spreadsheet_cells_that_hold_no_value_name_the_cell(tmp_path, name, rows, problems):
+    import re
+
+    src = write_xlsx(tmp_path / f"{name}.xlsx", rows)
+    if name in ("across", "header"):
+        from openpyxl import load_workbook
+
+        book = load_workbook(src)
+        book.active.merge_cells("B2:C2" if name == "across" else "A1:A2")
+        book.save(src)
+    with pytest.raises(DataError, match=rf"{name}\.xlsx: \d+ problem\(s\):\n  " + re.escape(problems) + "$"):
+        build(cfg_for(src, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_spreadsheet_errors_exported_to_csv_name_the_row_and_column(tmp_path):
+    src = tmp_path / "export.csv"
+    src.write_text("name,team size,nation\nLisa,#N/A,Mondstadt\nXiangling,4,#REF!\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r'export\.csv: 2 problem\(s\):\n  row 2, column B: "#N/A" is a '
+                                        r"spreadsheet error, not a value; fix what the formula computes from in the "
+                                        r'spreadsheet and export again, or empty the cell\n  row 3, column C: "#REF!" '
+                                        r"is a spreadsheet"):
+        build(cfg_for(src, tmp_path / "out"))
+
+
 BAD_TABLES = [
     ("dup.csv", "名字,性别\n钟离,男\n丽莎,女\n钟离,男\n",
      r'dup\.csv: 1 problem\(s\):\n  row 4: entity "钟离" again \(first in row 2\); merge the two rows'),
@@ -82,6 +187,11 @@ BAD_TABLES = [
     ("longempty.tsv", "实体\t属性\t值\n钟离\t性别\t\n", r"row 2: empty 值"),
     ("quote.csv", '名字,性别\n"钟离,男\n', r"quote\.csv: line 2: unexpected end of data; check the quotes"),
     ("roles.txt", "x", r"unknown data\.source type '\.txt'"),
+    # true/false and a list with an empty item are refused as in the JSON form, not read as "true" or no value
+    ("bool.jsonl", '{"name": "Lisa", "vegetarian": true}\n',
+     r'bool\.jsonl: line 1: "vegetarian" must be a string, a number or a non-empty list of strings, got true'),
+    ("list.jsonl", '{"name": "Lisa", "languages": ["German", ""]}\n',
+     r'"languages" must be a string, a number or a non-empty list of strings, got \["German", ""\]'),
 ]
 
 
