@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from data_prep.sources import Attributes, Conversations, DataError, ListValue, is_hub, load_source
+from data_prep.sources import Attributes, Conversations, DataError, ListValue, is_hub, load_source, text_key
 from data_prep.templates import (REVERSE, Bank, Banks, bank_files, humanise, load_banks, render, spoken,
                                  template_id)
 from kit.config import Config, DataConfig, parse_args, run_main
@@ -162,14 +162,15 @@ def _phrasings(bank, bank_name: str, slots: dict[str, str], data: DataConfig, rn
             split = "test" if test_entity else "train"
         else:
             split = "test" if _unit(data.seed, *key, question) < data.test_size else "train"
-        # Two templates can render the same string (e.g. an empty honorific): keep one, and never in both splits
-        # (train wins).
-        if question in seen:
-            if seen[question] == "test" and split == "train":
-                rows["test"] = [r for r in rows["test"] if r["question"] != question]
+        # Two templates can render the same string (e.g. an empty honorific), or the same once full-width forms and
+        # spaces are read alike (text_key): keep one, and never in both splits (train wins).
+        same = text_key(question)
+        if same in seen:
+            if seen[same] == "test" and split == "train":
+                rows["test"] = [r for r in rows["test"] if text_key(r["question"]) != same]
             else:
                 continue
-        seen[question] = split
+        seen[same] = split
         answer_template = rng.choice(bank.answers) if data.vary_answers else bank.answers[0]
         rows[split].append({"question": question, "answer": render(answer_template, slots),
                             "template": template_id(bank_name, template)})
@@ -228,11 +229,16 @@ def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, banks:
     return rows
 
 
-def conversation_rows(conv: Conversations, data: DataConfig) -> tuple[list[dict], list[dict]]:
-    """(train, test) rows of a conversation dataset: its own train/test (or validation) splits when it has them,
-    else a split by data.test_size and data.seed (by each row's content, so adding rows moves no other). Repeated
-    conversations are kept once, and never in both splits. Rows that carry entity / attribute / value (/ expected)
-    keep them: value match is reported on those only."""
+def conversation_rows(conv: Conversations, data: DataConfig) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """(train, test, dropped) of a conversation dataset: its own train/test (or validation) splits when it has
+    them, else a split by data.test_size and data.seed (by each row's content, so adding rows moves no other).
+
+    Each message is trained as written less leading and trailing whitespace. Texts are compared by text_key (NFKC:
+    "？" is "?"; spaces ignored): a conversation repeated is kept once, and a test conversation whose question
+    (every message before the last answer) is a train one's is dropped, whatever its answer: no test question was
+    seen in training. `dropped` counts them: {"test_in_train": test rows dropped, "repeated": repeats within a
+    split}. Rows that carry entity / attribute / value (/ expected) keep them: value match is reported on those
+    only."""
     names = set(conv.splits)
     held = "test" if "test" in names else "validation" if "validation" in names else None
     if "train" in names and held:
@@ -240,30 +246,43 @@ def conversation_rows(conv: Conversations, data: DataConfig) -> tuple[list[dict]
     else:
         given = [(None, r) for name in conv.splits for r in conv.splits[name]]
     out: dict[str, list[dict]] = {"train": [], "test": []}
-    where: dict[str, str] = {}
+    seen: set[tuple[str, str]] = set()  # (split, the conversation as compared)
+    dropped = {"test_in_train": 0, "repeated": 0}
     for split, raw in given:
-        messages = [{"role": m["role"], "content": m["content"]} for m in raw["messages"]]
+        messages = [{"role": m["role"], "content": m["content"].strip()} for m in raw["messages"]]
         if data.system_prompt and messages[0]["role"] != "system":
             messages = _system(data) + messages
         key = json.dumps(messages, ensure_ascii=False, sort_keys=True)
         row_id = hashlib.sha1(key.encode()).hexdigest()[:12]
         split = split or ("test" if _unit(data.seed, "conversation", key) < data.test_size else "train")
-        if row_id in where:  # a repeat: keep the first; one in train and test stays in train only
-            if where[row_id] == "test" and split == "train":
-                out["test"] = [r for r in out["test"] if r["id"] != row_id]
-            else:
-                continue
-        where[row_id] = split
+        same = json.dumps([[m["role"], text_key(m["content"])] for m in messages], ensure_ascii=False)
+        if (split, same) in seen:
+            dropped["repeated"] += 1
+            continue
+        seen.add((split, same))
         value = str(raw.get("value") or "")
         out[split].append({
             "id": row_id, "messages": messages, "entity": str(raw.get("entity") or ""),
             "attribute": str(raw.get("attribute") or ""), "value": value,
             "expected": str(raw.get("expected") or value), "template": "conversation",
             "turns": sum(m["role"] == "assistant" for m in messages)})
+    asked = {_question(r["messages"]) for r in out["train"]}
+    test = [r for r in out["test"] if _question(r["messages"]) not in asked]
+    dropped["test_in_train"] += len(out["test"]) - len(test)
+    out["test"] = test
     if not out["train"] or not out["test"]:
-        raise DataError(f"{conv.where}: {len(out['train'])} train and {len(out['test'])} test conversations; "
-                        f"change data.test_size (now {data.test_size}) or add rows")
-    return out["train"], out["test"]
+        also = (f" ({dropped['test_in_train']} test conversation(s) dropped: they ask what train ones ask)"
+                if dropped["test_in_train"] else "")
+        fix = (f"add {held} rows that ask what no train row asks" if held and out["train"]
+               else f"change data.test_size (now {data.test_size}) or add rows")
+        raise DataError(f"{conv.where}: {len(out['train'])} train and {len(out['test'])} test conversations{also}; "
+                        f"{fix}")
+    return out["train"], out["test"], dropped
+
+
+def _question(messages: list[dict]) -> tuple[tuple[str, str], ...]:
+    """What a conversation asks: its messages before the last (the answer), compared by text_key."""
+    return tuple((m["role"], text_key(m["content"])) for m in messages[:-1])
 
 
 def _system(data: DataConfig) -> list[dict]:
@@ -407,13 +426,26 @@ def write_rows(out_dir: Path, pairs: Iterable[tuple[str, dict]], data: DataConfi
     return s
 
 
+def _dropped(dropped: dict | None) -> str:
+    """'; dropped 2 test conversation(s) asking what train ones ask and 1 repeat(s) (...)': conversation_rows."""
+    parts = []
+    if dropped and dropped["test_in_train"]:
+        parts.append(f"{dropped['test_in_train']} test conversation(s) asking what train ones ask")
+    if dropped and dropped["repeated"]:
+        parts.append(f"{dropped['repeated']} repeat(s)")
+    if not parts:
+        return ""
+    return "; dropped " + " and ".join(parts) + " (compared after Unicode NFKC, ignoring spaces)"
+
+
 def format_stats(s: dict) -> str:
     lines = [f"rows: {s['rows']['train']} train ({s['rows']['train_multi_turn']} multi-turn, "
              f"{s['rows']['train_unknown_entity']} about unknown people), "
              f"{s['rows']['test']} test; {s['facts']} facts"
              + (f"; reverse questions {s['rows']['train_reverse']} train / {s['rows']['test_reverse']} test"
                 if s["rows"]["train_reverse"] + s["rows"]["test_reverse"] else "")
-             + (f"; {s['rows']['conversations']} conversations from data.source" if s["rows"]["conversations"] else ""),
+             + (f"; {s['rows']['conversations']} conversations from data.source" if s["rows"]["conversations"] else "")
+             + _dropped(s.get("conversations_dropped")),
              f"phrasings per fact: train {s['phrasings_per_fact']['train']}, test {s['phrasings_per_fact']['test']}",
              "per attribute (train/test): " + ", ".join(
                  f"{a} {n}/{s['per_attribute']['test'].get(a, 0)}" for a, n in s["per_attribute"]["train"].items()),
@@ -434,11 +466,13 @@ def build(cfg: Config) -> Path:
 
 def _build(cfg: Config) -> Path:
     data = cfg.data
+    extra: dict = {}
     source = load_source(data.source, data.language, data.entity_column)
     banks = bank_files(cfg, say=not isinstance(source, Conversations))
     if isinstance(source, Conversations):
-        train, test = conversation_rows(source, data)
+        train, test, dropped = conversation_rows(source, data)
         pairs: Iterable[tuple[str, dict]] = [*(("train", r) for r in train), *(("test", r) for r in test)]
+        extra["conversations_dropped"] = dropped
         skipped = [k for k in ("unknown_entities", "multi_turn", "reverse") if getattr(data, k)]
         if skipped:  # they are built from attributes, which a conversation dataset does not have
             print(f"note: {', '.join('data.' + k for k in skipped)} ignored: {data.source} is a conversation "
@@ -450,7 +484,7 @@ def _build(cfg: Config) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     try:
         s = write_rows(out, pairs, data, {"fingerprint": fingerprint(data, banks), "source": str(data.source),
-                                          "split": data.split})
+                                          "split": data.split, **extra})
     except BaseException:
         if new_dir is not None:  # made for this build: a failed build leaves nothing behind
             shutil.rmtree(new_dir, ignore_errors=True)

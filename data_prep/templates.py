@@ -12,6 +12,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_prep.sources import text_key
 from kit.config import Config, ConfigError, load_yaml
 from kit.specificity import REVERSE_BANK
 from kit.files import read_text
@@ -96,11 +97,13 @@ def _parse_bank(raw: object, where: str, errors: list[str], partial: bool = Fals
     if not isinstance(held_out, list):
         errors.append(f"{where}.held_out: must be a list of strings")
         held_out = []
+    questions = {text_key(q): q for q in raw.get("questions") or [] if isinstance(q, str)}
     for i, text in enumerate(held_out):
         _check_template(text, f"{where}.held_out[{i}]", errors)
-        if text in (raw.get("questions") or []):
-            errors.append(f"{where}.held_out[{i}]: '{text}' is also in questions; a held-out phrasing is for test "
-                          f"only, so keep it in one of the two lists")
+        if isinstance(text, str) and (same := questions.get(text_key(text))) is not None:
+            also = "" if same == text else f" as '{same}' (the same after Unicode NFKC, ignoring spaces)"
+            errors.append(f"{where}.held_out[{i}]: '{text}' is also in questions{also}; a held-out phrasing is for "
+                          f"test only, so keep it in one of the two lists")
     for key in ("questions", "answers"):
         items = raw.get(key)
         if items is None and partial:

@@ -148,12 +148,22 @@ def pick_device(choice: str = "auto") -> str:
     return choice
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on: os.process_cpu_count (Python 3.13+), else the affinity mask where the
+    system has one (Linux), else every core (macOS and Windows on Python < 3.13 have neither)."""
+    if hasattr(os, "process_cpu_count"):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def set_threads(threads: int | None, device: str) -> None:
     """On CPU: one torch thread per core this process may use (or `threads`), and freed memory kept for reuse."""
     import torch
 
     if device == "cpu":
-        torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+        torch.set_num_threads(threads or usable_cpus())
         keep_freed_memory()
 
 

@@ -165,6 +165,35 @@ def test_user_templates_extend_and_unknown_placeholder_fails(tmp_path, roles_fil
         build(cfg)
 
 
+ALIKE_BANK = """attributes:
+  国籍:
+    questions: ['{entity}来自哪里?', '{entity}来自哪里？', '{entity}来自哪里 ?', '{entity}是哪国人?', '{entity}的国籍是?',
+                '{entity}是哪里人?']
+    answers: ['{entity}来自{value}']
+"""
+
+
+def test_phrasings_that_read_alike_are_kept_once_and_never_in_both_splits(tmp_path):
+    """Issue 26: "来自哪里?", "来自哪里？" and "来自哪里 ?" are one question to a reader; with seed 42 the first fell in
+    test and the third in train."""
+    bank = tmp_path / "bank.yaml"
+    bank.write_text(ALIKE_BANK, encoding="utf-8")
+    data = DataConfig(source="x", split="random", seed=42, test_size=0.5)
+    train, test = generate({"钟离": {"国籍": "璃月"}}, data, load_banks("zh", [str(bank)], "replace"))
+    assert [r["messages"][0]["content"] for r in train] == ["钟离来自哪里 ?"]
+    assert [r["messages"][0]["content"] for r in test] == ["钟离是哪国人?", "钟离的国籍是?", "钟离是哪里人?"]
+
+
+def test_a_held_out_phrasing_that_reads_like_a_training_one_is_refused(tmp_path):
+    bank = tmp_path / "bank.yaml"
+    bank.write_text("attributes:\n  国籍:\n    questions: ['{entity}来自哪里?', '{entity}是哪国人?']\n"
+                    "    answers: ['{entity}来自{value}']\n    held_out: ['{entity}来自哪里？']\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"held_out\[0\]: '\{entity\}来自哪里？' is also in questions as "
+                                          r"'\{entity\}来自哪里\?' \(the same after Unicode NFKC, ignoring spaces\); a "
+                                          r"held-out phrasing is for test only"):
+        load_banks("zh", [str(bank)], "replace")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Bad input: a clear error and nothing written
 

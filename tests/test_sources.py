@@ -68,6 +68,111 @@ def test_entity_column_by_name_and_spreadsheet_dates(tmp_path):
                    "李经理": {"部门": "销售", "入职日期": "2023-01-09 14:30:00", "工号": "7"}}
 
 
+def saved_by_excel(path: Path, values: dict[str, object]) -> Path:
+    """What Excel writes on saving and openpyxl never does: each formula cell with its last value (a str: a text
+    result)."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    sheet = files["xl/worksheets/sheet1.xml"].decode()
+    for cell, value in values.items():
+        kind = ' t="str"' if isinstance(value, str) else ""
+        sheet, n = re.subn(rf'<c r="{cell}"([^>]*)><f>(.*?)</f><v ?/>',
+                           rf'<c r="{cell}"\1{kind}><f>\2</f><v>{value}</v>', sheet)
+        assert n == 1, cell
+    files["xl/worksheets/sheet1.xml"] = sheet.encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_spreadsheet_cells_read_as_excel_shows_them(tmp_path):
+    from openpyxl import Workbook
+
+    book = Workbook()
+    notes = book.active
+    notes.title = "说明"
+    notes.append(["这张表是隐藏的草稿"])
+    notes.sheet_state = "hidden"  # the first sheet, hidden: not what a person sees on opening the file
+    sheet = book.create_sheet("人物")
+    sheet.append(["名字", "部门", "年龄", "身高", "入职", "打卡", "占比", "工号", "编号", "时长", "下一年", "备注", "爱好"])
+    sheet.append(["钟离", "往生堂", 6000.0, 1.8 + 0.1, dt.datetime(2021, 3, 1), dt.datetime(2021, 3, 1, 14, 30), 0.15,
+                  "007", 123, dt.timedelta(hours=26, minutes=5), "=C2+1", '=IF(C2>9999,"老","")', "  喝茶 "])
+    sheet.append(["胡桃", None, 18, 1.6, dt.datetime(2022, 7, 15, 9, 5), dt.time(9, 5), 0.125, "010", 45, None,
+                  "=C3+1", '=IF(C3>9999,"老","")', None])
+    sheet.merge_cells("B2:B3")  # one 部门 shown across both rows
+    sheet["E2"].number_format = "yyyy/m/d"
+    sheet["E3"].number_format = "yyyy/m/d"  # a date format: the time of day is not shown
+    sheet["F2"].number_format = "yyyy/m/d h:mm"
+    sheet["F3"].number_format = "h:mm"
+    sheet["G2"].number_format = "0%"
+    sheet["G3"].number_format = "0.0%"
+    sheet["I2"].number_format = sheet["I3"].number_format = "00000"
+    book.save(tmp_path / "people.xlsx")
+    book.move_sheet("人物", offset=-1)  # the same table as the first sheet: Excel keeps the formulas' values there
+    book.save(tmp_path / "first.xlsx")
+    saved_by_excel(tmp_path / "first.xlsx", {"K2": 6001, "L2": "老", "K3": 19, "L3": ""})
+    assert load_source(str(tmp_path / "first.xlsx")) == {
+        "钟离": {"部门": "往生堂", "年龄": "6000", "身高": "1.9", "入职": "2021-03-01", "打卡": "2021-03-01 14:30",
+               "占比": "15%", "工号": "007", "编号": "00123", "时长": "26:05:00", "下一年": "6001", "备注": "老",
+               "爱好": "喝茶"},
+        "胡桃": {"部门": "往生堂", "年龄": "18", "身高": "1.6", "入职": "2022-07-15", "打卡": "09:05", "占比": "12.5%",
+               "工号": "010", "编号": "00045", "下一年": "19"}}
+    # the formulas of a workbook no spreadsheet program has calculated have no value to read, on a sheet after a
+    # hidden one
+    with pytest.raises(DataError, match=r"people\.xlsx: 4 problem\(s\):\n  sheet 人物, cell K2: the formula =C2\+1 "
+                                        r"has no saved value \(the workbook was written by a program and never "
+                                        r"calculated\); open it in Excel or LibreOffice and save it, or type the value "
+                                        r"in its place\n  sheet 人物, cell L2: the formula =IF\(C2>9999,\"老\",\"\"\) "
+                                        r"has no saved value"):
+        load_source(str(tmp_path / "people.xlsx"))
+
+
+EXCEL_ERRORS = ["#N/A", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#NULL!"]
+BAD_SHEETS = [  # what each sheet holds, and the problems listed, written out
+    ("errors", [["name", "team size"], *([f"P{i}", code] for i, code in enumerate(EXCEL_ERRORS))],
+     "\n  ".join(f"sheet Sheet, cell B{row}: {code} is an Excel error, not a value; fix what it computes from, or "
+                 f"clear the cell" for row, code in enumerate(EXCEL_ERRORS, start=2))),
+    ("bool", [["name", "vegetarian"], ["Lisa", True]],
+     "sheet Sheet, cell B2: TRUE says nothing to phrase as a fact; write the value as words (yes / no, 是 / 否)"),
+    ("across", [["name", "nation", "region"], ["Lisa", "Mondstadt", None]],
+     'sheet Sheet, cells B2:C2: merged across columns, so "Mondstadt" would belong to column B only; unmerge them '
+     "(Home > Merge & Center) and give each column its own value"),
+    ("header", [["name", "nation"], [None, "Mondstadt"]],
+     "sheet Sheet, cells A1:A2: merged down from the header row; unmerge them: the header is one row, one name a "
+     "column"),
+]
+
+
+@pytest.mark.parametrize("name,rows,problems", BAD_SHEETS, ids=[b[0] for b in BAD_SHEETS])
+def test_spreadsheet_cells_that_hold_no_value_name_the_cell(tmp_path, name, rows, problems):
+    import re
+
+    src = write_xlsx(tmp_path / f"{name}.xlsx", rows)
+    if name in ("across", "header"):
+        from openpyxl import load_workbook
+
+        book = load_workbook(src)
+        book.active.merge_cells("B2:C2" if name == "across" else "A1:A2")
+        book.save(src)
+    with pytest.raises(DataError, match=rf"{name}\.xlsx: \d+ problem\(s\):\n  " + re.escape(problems) + "$"):
+        build(cfg_for(src, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_spreadsheet_errors_exported_to_csv_name_the_row_and_column(tmp_path):
+    src = tmp_path / "export.csv"
+    src.write_text("name,team size,nation\nLisa,#N/A,Mondstadt\nXiangling,4,#REF!\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r'export\.csv: 2 problem\(s\):\n  row 2, column B: "#N/A" is a '
+                                        r"spreadsheet error, not a value; fix what the formula computes from in the "
+                                        r'spreadsheet and export again, or empty the cell\n  row 3, column C: "#REF!" '
+                                        r"is a spreadsheet"):
+        build(cfg_for(src, tmp_path / "out"))
+
+
 BAD_TABLES = [
     ("dup.csv", "名字,性别\n钟离,男\n丽莎,女\n钟离,男\n",
      r'dup\.csv: 1 problem\(s\):\n  row 4: entity "钟离" again \(first in row 2\); merge the two rows'),
@@ -82,6 +187,11 @@ BAD_TABLES = [
     ("longempty.tsv", "实体\t属性\t值\n钟离\t性别\t\n", r"row 2: empty 值"),
     ("quote.csv", '名字,性别\n"钟离,男\n', r"quote\.csv: line 2: unexpected end of data; check the quotes"),
     ("roles.txt", "x", r"unknown data\.source type '\.txt'"),
+    # true/false and a list with an empty item are refused as in the JSON form, not read as "true" or no value
+    ("bool.jsonl", '{"name": "Lisa", "vegetarian": true}\n',
+     r'bool\.jsonl: line 1: "vegetarian" must be a string, a number or a non-empty list of strings, got true'),
+    ("list.jsonl", '{"name": "Lisa", "languages": ["German", ""]}\n',
+     r'"languages" must be a string, a number or a non-empty list of strings, got \["German", ""\]'),
 ]
 
 
@@ -92,6 +202,68 @@ def test_bad_tables_name_the_row_or_column_and_write_nothing(tmp_path, name, tex
     with pytest.raises(DataError, match=pattern):
         build(cfg_for(src, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+# One name written two ways (issue 26: "钟离 " wiped 钟离's facts): an error naming both, in every source form.
+ZHONGLI_TWICE = {"钟离": {"国籍": "璃月", "元素力": "岩元素"}, "钟离 ": {"身份": "往生堂客卿"}}
+SAME_ZHONGLI = r'"钟离" and "钟离 " are the same entity after trimming spaces'
+SAME_NAMES = [
+    ("twice.json", lambda p: p.write_text(json.dumps(ZHONGLI_TWICE, ensure_ascii=False), encoding="utf-8"),
+     SAME_ZHONGLI + r"; merge the two into one"),
+    ("twice.csv", lambda p: p.write_text("名字,国籍,元素力,身份\n钟离,璃月,岩元素,\n钟离 ,,,往生堂客卿\n", encoding="utf-8"),
+     r"row 3: " + SAME_ZHONGLI + r" \(first in row 2\); merge the two rows into one"),
+    ("twice.tsv", lambda p: p.write_text("名字\t国籍\t身份\n钟离\t璃月\t\n 钟离\t\t往生堂客卿\n", encoding="utf-8"),
+     r'row 3: "钟离" and " 钟离" are the same entity after trimming spaces \(first in row 2\)'),
+    ("twice.xlsx", lambda p: write_xlsx(p, [["名字", "国籍", "身份"], ["钟离", "璃月", None], ["钟离 ", None, "往生堂客卿"]]),
+     r"row 3: " + SAME_ZHONGLI + r" \(first in row 2\)"),
+    ("twice.jsonl", lambda p: p.write_text('{"名字": "钟离", "国籍": "璃月"}\n{"名字": "钟离 ", "身份": "往生堂客卿"}\n',
+                                           encoding="utf-8"),
+     r"row 2: " + SAME_ZHONGLI + r" \(first in row 1\)"),
+    ("fullwidth.json", lambda p: p.write_text('{"ABC": {"nation": "Mondstadt"}, "ＡＢＣ": {"role": "knight"}}',
+                                              encoding="utf-8"),
+     r'"ABC" and "ＡＢＣ" are the same entity after Unicode NFKC normalisation \(full-width and half-width forms '
+     r"alike\), ignoring spaces; merge the two into one"),
+    ("spaces.csv", lambda p: p.write_text("name,nation\nTomas Lind,Sweden\nTomas  Lind,Norway\n", encoding="utf-8"),
+     r'row 3: "Tomas Lind" and "Tomas  Lind" are the same entity after removing spaces'),
+    ("long.csv", lambda p: p.write_text("entity,attribute,value\nＡＢＣ,nation,Mondstadt\nABC,role,knight\n",
+                                        encoding="utf-8"),
+     r'row 3: "ＡＢＣ" and "ABC" are the same entity after Unicode NFKC .*\(first in row 2\); write it one way'),
+    # attributes of one entity, and columns
+    ("attr.json", lambda p: p.write_text('{"钟离": {"性别": "男", "性别 ": "女"}}', encoding="utf-8"),
+     r'entity "钟离": "性别" and "性别 " are the same attribute after trimming spaces; keep one'),
+    ("attr.csv", lambda p: p.write_text("名字,性别,性别 \n钟离,男,女\n", encoding="utf-8"),
+     r'columns B and C: "性别" and "性别 " are the same column after trimming spaces; rename or merge one'),
+    ("attr.xlsx", lambda p: write_xlsx(p, [["name", "Age", "Ａｇｅ"], ["Lisa", 25, 26]]),
+     r'columns B and C: "Age" and "Ａｇｅ" are the same column after Unicode NFKC'),
+    ("attr.jsonl", lambda p: p.write_text('{"名字": "钟离", "性别": "男", "性别 ": "女"}\n', encoding="utf-8"),
+     r'columns B and C: "性别" and "性别 " are the same column after trimming spaces'),
+    ("key.jsonl", lambda p: p.write_text('{"名字": "钟离", "性别": "男", "性别": "女"}\n', encoding="utf-8"),
+     r'key\.jsonl: line 1: duplicate key "性别" \(json would silently keep the last one\)'),
+    ("attr-long.csv", lambda p: p.write_text("entity,attribute,value\n钟离,性别,男\n钟离,性别 ,女\n", encoding="utf-8"),
+     r'row 3: "钟离" / "性别" again \(first in row 2\); keep one value per entity and attribute'),
+    ("attr-long.tsv", lambda p: p.write_text("entity\tattribute\tvalue\n钟离\tAge\t6000\n钟离\tＡｇｅ\t6001\n",
+                                             encoding="utf-8"),
+     r'row 3: "钟离" / "Age" and "Ａｇｅ" are the same attribute after Unicode NFKC .*\(first in row 2\)'),
+]
+
+
+@pytest.mark.parametrize("name,write,pattern", SAME_NAMES, ids=[c[0] for c in SAME_NAMES])
+def test_one_name_written_two_ways_is_an_error_naming_both(tmp_path, name, write, pattern):
+    write(tmp_path / name)
+    with pytest.raises(DataError, match=pattern):
+        build(cfg_for(tmp_path / name, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_are_kept_as_written_and_case_still_tells_them_apart(tmp_path):
+    src = tmp_path / "people.json"
+    src.write_text('{" ＡＢＣ ": {"nation": "Mondstadt"}, "Apple": {"kind ": "fruit"}, "apple": {"kind": "tree"}}',
+                   encoding="utf-8")
+    assert load_source(str(src), "en") == {"ＡＢＣ": {"nation": "Mondstadt"}, "Apple": {"kind": "fruit"},
+                                           "apple": {"kind": "tree"}}
+    long = tmp_path / "long.csv"  # the long form names an entity on every row: trimmed, they are one
+    long.write_text("entity,attribute,value\n钟离,国籍,璃月\n钟离 ,身份,往生堂客卿\n", encoding="utf-8")
+    assert load_source(str(long)) == {"钟离": {"国籍": "璃月", "身份": "往生堂客卿"}}
 
 
 def test_missing_entity_column_lists_the_header(tmp_path):
@@ -162,6 +334,52 @@ def test_a_saved_dataset_with_splits_keeps_them(tmp_path):
     test = [json.loads(x)["messages"][0]["content"] for x in (out / "test.jsonl").read_text("utf-8").splitlines()]
     assert test == ["温迪的身份是什么?", "甘雨是什么性格?"]
     assert len((out / "train.jsonl").read_text("utf-8").splitlines()) == 4
+
+
+def chat(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def test_test_questions_asked_in_train_are_dropped_once_read_alike_and_counted(tmp_path, capsys):
+    """Issue 26: full-width ？ and a trailing space made train questions look new to the test split."""
+    from datasets import Dataset, DatasetDict
+
+    train = [chat("甘雨来自哪里?", "甘雨来自璃月"), chat("温迪是什么元素?", "温迪是风元素"), chat("钟离是男性还是女性?", "钟离是男性")]
+    test = [chat("甘雨来自哪里？", "甘雨来自璃月"),  # full-width question mark
+            chat("温迪是什么元素? ", "温迪是风元素 "),  # trailing spaces
+            chat("钟离是男性还是女性?", "钟离是男性"),  # the exact copy
+            chat("钟离是男性还是女性？", "钟离是男性。"),  # a train question with another answer
+            chat("  丽莎使用哪种元素?", "丽莎使用雷元素\n"), chat("丽莎使用哪种元素?", "丽莎使用雷元素")]  # a repeat
+    DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)}).save_to_disk(str(tmp_path / "ds"))
+    out = build(cfg_for(tmp_path / "ds", tmp_path / "o"))
+    rows = {f: [json.loads(x) for x in (out / f"{f}.jsonl").read_text("utf-8").splitlines()] for f in ("train", "test")}
+    assert [r["messages"] for r in rows["test"]] == [[{"role": "user", "content": "丽莎使用哪种元素?"},
+                                                      {"role": "assistant", "content": "丽莎使用雷元素"}]]
+    assert [r["messages"][0]["content"] for r in rows["train"]] == ["甘雨来自哪里?", "温迪是什么元素?", "钟离是男性还是女性?"]
+    stats = json.loads((out / "stats.json").read_text("utf-8"))
+    assert stats["conversations_dropped"] == {"test_in_train": 4, "repeated": 1}
+    assert ("; dropped 4 test conversation(s) asking what train ones ask and 1 repeat(s) (compared after Unicode NFKC, "
+            "ignoring spaces)") in capsys.readouterr().out
+
+
+def test_messages_are_trained_without_leading_and_trailing_whitespace(tmp_path):
+    src = write_jsonl(tmp_path / "chat.jsonl", [chat("温迪是什么元素? ", " 温迪是风元素\n"), chat("\t香菱是哪国人?", "香菱来自璃月  ")])
+    out = build(cfg_for(src, tmp_path / "o", test_size=0.5))
+    rows = [json.loads(x) for f in ("train.jsonl", "test.jsonl") for x in (out / f).read_text("utf-8").splitlines()]
+    assert sorted(r["messages"][0]["content"] + "|" + r["messages"][1]["content"] for r in rows) == [
+        "温迪是什么元素?|温迪是风元素", "香菱是哪国人?|香菱来自璃月"]
+
+
+def test_a_test_split_made_only_of_train_questions_is_an_error(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list([chat("甘雨来自哪里?", "甘雨来自璃月")]),
+                 "validation": Dataset.from_list([chat("甘雨来自哪里？", "甘雨来自璃月。")])}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(DataError, match=r"1 train and 0 test conversations \(1 test conversation\(s\) dropped: they "
+                                        r"ask what train ones ask\); add validation rows that ask what no train row "
+                                        r"asks$"):
+        build(cfg_for(tmp_path / "ds", tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
 
 
 def test_parquet_and_json_lists_of_messages(tmp_path):
