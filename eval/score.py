@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import iter_jsonl, read_text, temp_dir
-from kit.specificity import SPECIFICITY_SPLITS, is_reverse, normalise
+from kit.specificity import SPECIFICITY_SPLITS, contains, is_reverse, tokens
 
 REQUIRED = ("question", "answer", "prediction")
 # bert-score's own defaults: lang -> (model, layer).
@@ -109,12 +109,13 @@ def _check_rows(path: Path, rows: list[dict], first: int) -> list[dict]:
 
 
 def value_match(expected: str, prediction: str) -> bool | None:
-    """The attribute's value (normalised) is found in the prediction; None when there is no value to look for."""
-    parts = [normalise(p) for p in re.split(r"\s\|\s", expected or "") if normalise(p)]
+    """Every part of the attribute's value (parts separated by " | ", in any order) is in the prediction, found as
+    kit.specificity.contains finds it: Latin-script words and numbers whole, CJK anywhere. None when there is no
+    value to look for."""
+    parts = [p for p in re.split(r"\s\|\s", expected or "") if tokens(p)]
     if not parts:
         return None
-    pred = normalise(prediction)
-    return all(p in pred for p in parts)
+    return all(contains(prediction, p) for p in parts)
 
 
 def encoder_for(cfg: Config) -> tuple[str, int | None, str]:
@@ -360,7 +361,8 @@ def markdown(summary: dict) -> str:
     lines = ["# Evaluation report", "",
              f"Source: `{summary['source']}`  ", f"BERTScore encoder: `{summary['encoder']}` "
              f"(hash `{summary['bertscore_hash']}`)  ",
-             "Value match: the attribute's value (normalised) appears in the prediction.", ""]
+             "Value match: the attribute's value appears in the prediction (Latin-script words and numbers whole, "
+             "CJK anywhere; case and punctuation do not count).", ""]
     lines += ["## Overall", "", "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     o = {m: summary["models"][m]["overall"] for m in models}
     for label, key, fmt in [("rows", "rows", str), ("value match", "value_match_rate", _pct),

@@ -198,11 +198,55 @@ def test_reverse_questions_are_their_own_group(tiny_model, tmp_path):
     assert "## Per direction (reverse: the value asked, the entity answered)" in markdown(summary)
 
 
-def test_value_match_normalises():
-    assert value_match("往生堂客卿,岩神", "钟离是往生堂客卿，岩神。")
-    assert value_match("Mondstadt", "lisa is from MONDSTADT.")
-    assert not value_match("女性", "钟离是男性")
-    assert value_match("", "x") is None
+@pytest.mark.parametrize("expected,prediction,right", [
+    # Latin-script values: whole words, any case (issue 26: "male" was found in "female")
+    ("male", "Tomas Lind is female.", False),
+    ("male", "Tomas Lind is male.", True),
+    ("Male", "tomas lind is MALE", True),
+    ("Geo", "She is a geologist.", False),
+    ("Geo", "Her element is Geo.", True),
+    ("Liyue", "Liyue's harbour is busy", True),  # an apostrophe ends a word
+    ("adult male", "He is an adult male.", True),
+    ("adult male", "He is male, an adult.", False),  # the words of one value in their order
+    ("Jean-Luc", "Jean Luc Picard", True),  # a hyphen separates words, as punctuation does
+    ("Luc", "Jean-Luc Picard", True),
+    ("Mondstadt", "lisa is from MONDSTADT.", True),
+    # numbers: whole, with their sign and decimal point, compared as values
+    ("1.5", "It is 15 metres tall.", False),
+    ("1.5", "It is 1.5 metres tall.", True),
+    ("1815", "Founded in 18150.", False),
+    ("1815", "Founded in 1815.", True),
+    ("1,815", "1815 people live there", True),  # commas between groups of three digits: thousands
+    ("1815", "1,815 people live there", True),
+    ("1,815", "1,816 people live there", False),
+    ("3.0", "3 metres", True),
+    ("3", "3.5 metres", False),
+    ("-3", "The low was -3 degrees.", True),
+    ("-3", "The low was \u22123 degrees.", True),  # U+2212 MINUS SIGN
+    ("-3", "The low was 3 degrees.", False),
+    ("3", "The low was -3 degrees.", False),
+    ("3", "It takes 2-3 days.", True),  # a minus after a digit is a hyphen
+    ("3", "She came 3rd.", False),  # digits glued to letters are a word
+    ("2019", "She started in 2019.Then she left.", True),
+    # CJK: anywhere, as a substring; full-width punctuation does not count
+    ("往生堂客卿,岩神", "钟离是往生堂客卿，岩神。", True),
+    ("往生堂客卿,岩神", "钟离是往生堂客卿", False),
+    ("璃月", "钟离来自璃月港", True),
+    ("女性", "钟离是男性", False),
+    ("175", "身高175厘米", True),
+    ("17", "身高175厘米", False),  # numbers are whole next to CJK too
+    # mixed CJK + Latin: the Latin part whole
+    ("B站", "我在B站看的", True),
+    ("B站", "我在AB站看的", False),
+    # a list value: every part, in any order
+    ("Yoruba | Portuguese", "She speaks Portuguese and Yoruba.", True),
+    ("Yoruba | Portuguese", "She speaks Yoruba.", False),
+    # nothing to look for
+    ("", "anything", None),
+    ("?!", "anything", None),
+])
+def test_value_match(expected, prediction, right):
+    assert value_match(expected, prediction) is right
 
 
 def test_score_a_foreign_predictions_file(tiny_model, tiny_bert, tmp_path):
