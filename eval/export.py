@@ -172,7 +172,7 @@ def answer_with_llama_cpp(cfg: Config, path: Path, rows: list[dict]) -> list[str
 
 def check_artifacts(cfg: Config, gguf_files: list[Path]) -> dict:
     from eval.generate import load_for_generation
-    from eval.score import make_scorer, value_match
+    from eval.score import make_scorer
     from kit.models import pick_device, resolve, set_threads
 
     scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
@@ -210,31 +210,37 @@ def check_artifacts(cfg: Config, gguf_files: list[Path]) -> dict:
         if llama_cpp_available():
             run(f"gguf {fmt} (llama.cpp)", "llama-cpp-python, chat template from the file",
                 lambda path=path: answer_with_llama_cpp(cfg, path, rows))
-    merged = answers["merged"]
-    table = []
-    for label, preds in answers.items():
-        _, _, f1 = scorer.score(preds, [r["messages"][-1]["content"] for r in rows])
-        matches = [value_match(r.get("expected") or r.get("value") or "", p) for r, p in zip(rows, preds)]
-        judged = [m for m in matches if m is not None]
-        table.append({"artifact": label, "reader": readers[label], "rows": len(rows),
-                      "value_match": sum(judged) / len(judged) if judged else None,
-                      "value_match_n": f"{sum(judged)}/{len(judged)}",
-                      "bertscore_f1": sum(f1) / len(f1), "equal_to_merged": sum(a == b for a, b in zip(preds, merged)),
-                      "seconds": timings[label]})
+    table = [{"artifact": label, "reader": readers[label], **artifact_scores(scorer, rows, preds, answers["merged"]),
+              "seconds": timings[label]} for label, preds in answers.items()]
     result = {"rows": len(rows), "artifacts": table, "llama_cpp": llama_cpp_available(), "encoder": scorer.label}
     write_check(cfg, result, rows, answers)
     return result
+
+
+def artifact_scores(scorer, rows: list[dict], preds: list[str], merged: list[str]) -> dict:
+    """One artifact's line of the table: its answers to `rows` scored as eval.score scores them (an empty answer:
+    F1 0, no value), against the merged model's answers."""
+    from eval.score import is_empty, value_match
+
+    _, _, f1 = scorer.score(preds, [r["messages"][-1]["content"] for r in rows])
+    matches = [value_match(r.get("expected") or r.get("value") or "", p) for r, p in zip(rows, preds)]
+    judged = [m for m in matches if m is not None]
+    return {"rows": len(rows), "value_match": sum(judged) / len(judged) if judged else None,
+            "value_match_n": f"{sum(judged)}/{len(judged)}", "bertscore_f1": sum(f1) / len(f1),
+            "equal_to_merged": sum(a == b for a, b in zip(preds, merged)),
+            "empty_answers": sum(is_empty(p) for p in preds)}
 
 
 def markdown(result: dict) -> str:
     lines = [SECTION_START, "## Exported artifacts", "",
              f"Each artifact answered the same {result['rows']} test questions (greedy). Value match: the expected "
              f"value found in the answer; equal: answers identical to the merged model's.", "",
-             "| artifact | value match | BERTScore F1 | equal to merged | read by |", "|---|---|---|---|---|"]
+             "| artifact | value match | BERTScore F1 | equal to merged | empty answers | read by |",
+             "|---|---|---|---|---|---|"]
     for a in result["artifacts"]:
         vm = "n/a" if a["value_match"] is None else f"{100 * a['value_match']:.1f}% ({a['value_match_n']})"
         lines.append(f"| {a['artifact']} | {vm} | {a['bertscore_f1']:.3f} | {a['equal_to_merged']}/{a['rows']} | "
-                     f"{a['reader']} |")
+                     f"{a['empty_answers']} | {a['reader']} |")
     merged = next(a for a in result["artifacts"] if a["artifact"] == "merged")
     for a in result["artifacts"]:
         if a["value_match"] is not None and merged["value_match"] is not None \

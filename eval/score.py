@@ -108,14 +108,19 @@ def _check_rows(path: Path, rows: list[dict], first: int) -> list[dict]:
 # Metrics
 
 
-def value_match(expected: str, prediction: str) -> bool | None:
+def is_empty(text: str | float | None) -> bool:
+    """No answer: nothing, None, NaN (a blank cell as pandas reads it) or whitespace only."""
+    return text is None or (isinstance(text, float) and math.isnan(text)) or not str(text).strip()
+
+
+def value_match(expected: str, prediction: str | None) -> bool | None:
     """Every part of the attribute's value (parts separated by " | ", in any order) is in the prediction, found as
     kit.specificity.contains finds it: Latin-script words and numbers whole, CJK anywhere. None when there is no
-    value to look for."""
+    value to look for; an empty prediction holds no value."""
     parts = [p for p in re.split(r"\s\|\s", expected or "") if tokens(p)]
     if not parts:
         return None
-    return all(contains(prediction, p) for p in parts)
+    return not is_empty(prediction) and all(contains(prediction, p) for p in parts)
 
 
 def encoder_for(cfg: Config) -> tuple[str, int | None, str]:
@@ -164,12 +169,15 @@ class Scorer:
         self.label = label or model_type
 
     def score(self, predictions: list[str], references: list[str]) -> tuple[list[float], list[float], list[float]]:
+        """(precision, recall, F1) of each pair. A pair with an empty side (`is_empty`) scores 0, 0, 0 without the
+        encoder: BERTScore has no value for nothing (bert-score strips the text and fails on what is left)."""
         n = len(predictions)
         p, r, f = [0.0] * n, [0.0] * n, [0.0] * n
-        order = sorted(range(n), key=lambda i: max(len(predictions[i]), len(references[i])))
-        for k in range(0, n, self.batch_size):
+        todo = [i for i in range(n) if not is_empty(predictions[i]) and not is_empty(references[i])]
+        order = sorted(todo, key=lambda i: max(len(predictions[i]), len(references[i])))
+        for k in range(0, len(order), self.batch_size):
             idx = order[k:k + self.batch_size]
-            bp, br, bf = self.scorer.score([predictions[i] or " " for i in idx], [references[i] for i in idx],
+            bp, br, bf = self.scorer.score([predictions[i] for i in idx], [references[i] for i in idx],
                                            batch_size=self.batch_size)
             for j, i in enumerate(idx):
                 p[i], r[i], f[i] = float(bp[j]), float(br[j]), float(bf[j])
@@ -222,6 +230,7 @@ def _stats(rows: list[dict], threshold: float) -> dict:
         "value_match_rate": sum(vm) / len(vm) if vm else None,
         "value_match_rows": len(vm),
         "below_threshold": sum(x < threshold for x in f1),
+        "empty_answers": sum(is_empty(r["prediction"]) for r in rows),
     }
 
 
@@ -370,8 +379,12 @@ def markdown(summary: dict) -> str:
                                                                          lambda x: f"{x:.4f}"),
                             ("precision mean", "precision_mean", lambda x: f"{x:.4f}"),
                             ("recall mean", "recall_mean", lambda x: f"{x:.4f}"),
-                            (f"F1 < {summary['f1_threshold']}", "below_threshold", str)]:
+                            (f"F1 < {summary['f1_threshold']}", "below_threshold", str),
+                            ("empty answers", "empty_answers", str)]:
         lines.append(f"| {label} | " + " | ".join(fmt(o[m][key]) for m in models) + " |")
+    if any(o[m]["empty_answers"] for m in models):
+        lines += ["", "Empty answers (none given, or nothing left once think blocks are removed) score P = R = F1 = 0 "
+                      "and hold no value."]
     if "specificity" in summary:
         lines += _specificity_markdown(summary["specificity"])
     elif "specificity_skipped" in summary:

@@ -249,6 +249,68 @@ def test_value_match(expected, prediction, right):
     assert value_match(expected, prediction) is right
 
 
+def test_an_empty_answer_scores_zero_in_the_cli(tiny_model, tiny_bert, tmp_path, capsys):
+    """Issue 26, fault 1: `eval.score --predictions p.csv` with an empty and a whitespace-only prediction."""
+    import yaml
+
+    from eval.score import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(make_cfg(tiny_model, tmp_path, tiny_bert).to_dict(), allow_unicode=True),
+                      encoding="utf-8")
+    pred = tmp_path / "p.csv"
+    pred.write_text("question,answer,prediction,expected\n"
+                    "钟离是什么性别?,钟离是男性,钟离是男性,男性\n"
+                    "丽莎来自哪里?,丽莎来自蒙德,,蒙德\n"
+                    "钟离的元素?,岩元素,\"   \",岩元素\n", encoding="utf-8")
+    assert main([str(config), "--predictions", str(pred), f"output_dir={tmp_path / 'x'}"]) == 0
+    rows = list(csv.DictReader((tmp_path / "x" / "report" / "scores.csv").open(encoding="utf-8")))
+    assert [(r["precision"], r["recall"], r["f1"], r["value_match"]) for r in rows[1:]] == [
+        ("0.0", "0.0", "0.0", "0"), ("0.0", "0.0", "0.0", "0")]
+    assert float(rows[0]["f1"]) == pytest.approx(1.0, abs=1e-5) and rows[0]["value_match"] == "1"
+    summary = json.loads((tmp_path / "x" / "report" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["models"]["p"]["overall"]["empty_answers"] == 2
+    assert "| empty answers | 2 |" in (tmp_path / "x" / "report" / "summary.md").read_text(encoding="utf-8")
+    assert "| empty answers | 2 |" in capsys.readouterr().out
+
+
+def test_null_answers_and_answers_that_were_all_thinking_score_zero(tiny_model, tiny_bert, tmp_path):
+    """JSON null and NaN, and the kit's own rows (eval.generate) where the model said nothing or `thinking: strip`
+    left nothing: each row scores 0 and holds no value."""
+    from eval.generate import prediction_row
+
+    data = {"id": "r", "split": "test", "messages": [{"role": "user", "content": "丽莎来自哪里?"},
+                                                      {"role": "assistant", "content": "丽莎来自蒙德"}],
+            "entity": "丽莎", "attribute": "国籍", "value": "蒙德", "expected": "蒙德", "template": "t"}
+    thought = prediction_row(data, "<think>丽莎来自蒙德</think>\n", "strip")
+    silent = prediction_row(data, "", "none")
+    assert (thought["prediction"], thought["raw_prediction"]) == ("", "<think>丽莎来自蒙德</think>\n")
+    pred = tmp_path / "p.jsonl"
+    pred.write_text("\n".join([json.dumps(thought, ensure_ascii=False), json.dumps(silent, ensure_ascii=False),
+                               '{"question": "q", "answer": "丽莎来自蒙德", "prediction": null, "expected": "蒙德"}',
+                               '{"question": "q", "answer": "丽莎来自蒙德", "prediction": NaN, "expected": "蒙德"}',
+                               json.dumps(dict(silent, prediction="丽莎来自蒙德"), ensure_ascii=False)]) + "\n",
+                    encoding="utf-8")
+    out = score(make_cfg(tiny_model, tmp_path, tiny_bert), predictions=pred)
+    rows = list(csv.DictReader((out / "scores.csv").open(encoding="utf-8")))
+    assert [(r["f1"], r["value_match"]) for r in rows[:4]] == [("0.0", "0")] * 4
+    assert rows[0]["raw_prediction"] == "<think>丽莎来自蒙德</think>\n"
+    assert float(rows[4]["f1"]) == pytest.approx(1.0, abs=1e-5) and rows[4]["value_match"] == "1"
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["models"]["p"]["overall"]["empty_answers"] == 4
+
+
+@pytest.mark.parametrize("prediction", ["", "   ", "\n\t", None, float("nan")])
+def test_the_scorer_gives_an_empty_answer_zero(tiny_bert, prediction):
+    """What every caller (eval.score, specificity drift, eval.export's artifact check) goes through."""
+    from eval.score import is_empty
+
+    s = Scorer(str(tiny_bert), 2, "zh", batch_size=4)
+    p, r, f = s.score([prediction, "钟离是男性"], ["钟离是男性", "钟离是男性"])
+    assert (p[0], r[0], f[0]) == (0.0, 0.0, 0.0) and f[1] == pytest.approx(1.0, abs=1e-5)
+    assert is_empty(prediction) and value_match("男性", prediction) is False
+
+
 def test_score_a_foreign_predictions_file(tiny_model, tiny_bert, tmp_path):
     cfg = make_cfg(tiny_model, tmp_path, tiny_bert)
     pred = tmp_path / "answers.csv"
