@@ -83,7 +83,8 @@ def _json_lines(path: Path, lines: Iterable[str]) -> list[dict]:
 
 
 def _check_rows(path: Path, rows: list[dict], first: int) -> list[dict]:
-    """Required columns present, no empty question/answer; every value as a string ("" for a missing one)."""
+    """Required columns present, no empty question/answer; every value as a string ("" for a missing one). A row
+    without an id is known by its place in the file ("row 3": the line of a CSV, the row of a JSONL)."""
     if not rows:
         raise KitError(f"{path}: has no rows")
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -95,6 +96,7 @@ def _check_rows(path: Path, rows: list[dict], first: int) -> list[dict]:
         for col in columns:
             v = row.get(col)
             row[col] = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+        row["id"] = row.get("id") or f"row {n}"
         for col in ("question", "answer"):
             if col == "answer" and row.get("split") in SPECIFICITY_SPLITS:
                 continue  # everyday questions and questions about nobody have no reference answer
@@ -167,6 +169,17 @@ class Scorer:
             choose_pad_token(tok)
         self.hash = self.scorer.hash
         self.label = label or model_type
+        self.max_tokens = tok.model_max_length
+
+    def too_long(self, texts: list[str]) -> list[int]:
+        """Indices of the texts the encoder reads only the first `max_tokens` tokens of (special tokens included),
+        counted as bert-score encodes them."""
+        from transformers import GPT2Tokenizer, RobertaTokenizer
+
+        tok = self.scorer._tokenizer
+        prefix = {"add_prefix_space": True} if isinstance(tok, (GPT2Tokenizer, RobertaTokenizer)) else {}
+        return [i for i, text in enumerate(texts) if not is_empty(text)
+                and len(tok.encode(text.strip(), add_special_tokens=True, verbose=False, **prefix)) > self.max_tokens]
 
     def score(self, predictions: list[str], references: list[str]) -> tuple[list[float], list[float], list[float]]:
         """(precision, recall, F1) of each pair. A pair with an empty side (`is_empty`) scores 0, 0, 0 without the
@@ -194,11 +207,14 @@ def make_scorer(cfg: Config) -> Scorer:
 
 
 COLUMNS = ["model", "split", "entity", "attribute", "direction", "question", "answer", "prediction", "precision",
-           "recall", "f1", "value_match", "expected", "raw_prediction", "hash"]
+           "recall", "f1", "value_match", "expected", "raw_prediction", "hash", "id", "truncated"]
 
 
 def score_rows(rows: list[dict], scorer: Scorer, model: str) -> list[dict]:
-    p, r, f = scorer.score([row["prediction"] for row in rows], [row["answer"] for row in rows])
+    """Rows with their scores; `truncated`: the prediction or the answer is longer than the encoder reads."""
+    predictions, answers = [row["prediction"] for row in rows], [row["answer"] for row in rows]
+    p, r, f = scorer.score(predictions, answers)
+    cut = set(scorer.too_long(predictions)) | set(scorer.too_long(answers))
     out = []
     for i, row in enumerate(rows):
         expected = row.get("expected") or row.get("value") or ""
@@ -210,6 +226,7 @@ def score_rows(rows: list[dict], scorer: Scorer, model: str) -> list[dict]:
             "prediction": row["prediction"], "precision": p[i], "recall": r[i], "f1": f[i],
             "value_match": value_match(expected, row["prediction"]), "expected": expected,
             "raw_prediction": row.get("raw_prediction", row["prediction"]), "hash": scorer.hash,
+            "id": row.get("id", ""), "truncated": i in cut,
         })
     return out
 
@@ -246,7 +263,7 @@ def summarise(rows: list[dict], cfg: Config, scorer: Scorer, source: str) -> dic
 
     threshold = cfg.eval.f1_threshold
     summary = {"source": source, "encoder": scorer.label, "bertscore_hash": scorer.hash, "f1_threshold": threshold,
-               "versions": versions(), "models": {}}
+               "encoder_max_tokens": scorer.max_tokens, "versions": versions(), "models": {}}
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         worst = sorted(mine, key=lambda r: (r["f1"], r["question"]))[: cfg.eval.worst_n]
@@ -255,6 +272,8 @@ def summarise(rows: list[dict], cfg: Config, scorer: Scorer, source: str) -> dic
             "per_split": _group(mine, "split", threshold),
             "per_attribute": _group([r for r in mine if r.get("direction") != "reverse"], "attribute", threshold),
             "per_entity": _group(mine, "entity", threshold),
+            # predictions or answers longer than the encoder reads: BERTScore compared their beginnings only
+            "truncated_rows": [r["id"] for r in mine if r["truncated"]],
             # asked from value to entity (the reversal curse): their own group, never mixed into per_attribute's
             **({"per_direction": _group(mine, "direction", threshold)}
                if any(r.get("direction") == "reverse" for r in mine) else {}),
@@ -365,6 +384,19 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _truncation_warnings(summary: dict, shown: int = 20) -> list[str]:
+    lines = []
+    for model, m in summary["models"].items():
+        ids = m.get("truncated_rows") or []
+        if ids:
+            more = f" and {len(ids) - shown} more (summary.json lists them all)" if len(ids) > shown else ""
+            lines += ["", f"**Truncated ({model}): in {len(ids)} row(s) the prediction or the reference answer is "
+                          f"longer than the BERTScore encoder reads ({summary['encoder_max_tokens']} tokens); their F1 "
+                          f"compares the first {summary['encoder_max_tokens']} tokens only: "
+                          f"{', '.join(map(str, ids[:shown]))}{more}.**"]
+    return lines
+
+
 def markdown(summary: dict) -> str:
     models = list(summary["models"])
     lines = ["# Evaluation report", "",
@@ -385,6 +417,7 @@ def markdown(summary: dict) -> str:
     if any(o[m]["empty_answers"] for m in models):
         lines += ["", "Empty answers (none given, or nothing left once think blocks are removed) score P = R = F1 = 0 "
                       "and hold no value."]
+    lines += _truncation_warnings(summary)
     if "specificity" in summary:
         lines += _specificity_markdown(summary["specificity"])
     elif "specificity_skipped" in summary:
@@ -490,7 +523,8 @@ def write_report(rows: list[dict], summary: dict, out: Path) -> None:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             for r in rows:
-                w.writerow({**r, "value_match": "" if r["value_match"] is None else int(r["value_match"])})
+                w.writerow({**r, "value_match": "" if r["value_match"] is None else int(r["value_match"]),
+                            "truncated": int(r["truncated"])})
         (tmp / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         text = markdown(summary)
         if (out / "artifacts.md").is_file():  # eval.export's table of the exported files, kept across re-scoring

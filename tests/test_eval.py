@@ -147,12 +147,16 @@ def test_encoder_that_cannot_load_names_itself(tmp_path):
 class FakeScorer:
     hash = "fake-hash"
     label = "fake"
+    max_tokens = 512
 
     def __init__(self, f1):
         self.f1 = f1
 
     def score(self, preds, refs):
         return self.f1, self.f1, self.f1
+
+    def too_long(self, texts):
+        return []
 
 
 def test_report_numbers_from_known_inputs(tiny_model, tmp_path):
@@ -309,6 +313,28 @@ def test_the_scorer_gives_an_empty_answer_zero(tiny_bert, prediction):
     p, r, f = s.score([prediction, "钟离是男性"], ["钟离是男性", "钟离是男性"])
     assert (p[0], r[0], f[0]) == (0.0, 0.0, 0.0) and f[1] == pytest.approx(1.0, abs=1e-5)
     assert is_empty(prediction) and value_match("男性", prediction) is False
+
+
+def test_texts_longer_than_the_encoder_reads_are_named(tiny_model, tiny_bert, tmp_path, capsys):
+    """Issue 26, fault 8. The tiny BERT reads 128 tokens: one per Chinese character, plus [CLS] and [SEP]."""
+    cfg = make_cfg(tiny_model, tmp_path, tiny_bert)
+    pred = tmp_path / "p.csv"
+    pred.write_text("question,answer,prediction,expected\n"
+                    "钟离是什么性别?,钟离是男性,钟离是男性,男性\n"
+                    f"钟离是什么性别?,钟离是男性,{'男' * 127},男性\n"  # 129 tokens: cut
+                    f"钟离是什么性别?,{'男' * 126},钟离是男性,男性\n"  # 128 tokens: read whole
+                    f"钟离是什么性别?,{'男' * 200},钟离是男性,男性\n", encoding="utf-8")
+    out = score(cfg, predictions=pred)
+    rows = list(csv.DictReader((out / "scores.csv").open(encoding="utf-8")))
+    assert [(r["id"], r["truncated"]) for r in rows] == [("row 2", "0"), ("row 3", "1"), ("row 4", "0"),
+                                                         ("row 5", "1")]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["encoder_max_tokens"] == 128
+    assert summary["models"]["p"]["truncated_rows"] == ["row 3", "row 5"]
+    warning = ("**Truncated (p): in 2 row(s) the prediction or the reference answer is longer than the BERTScore "
+               "encoder reads (128 tokens); their F1 compares the first 128 tokens only: row 3, row 5.**")
+    assert warning in (out / "summary.md").read_text(encoding="utf-8")
+    assert warning in capsys.readouterr().out
 
 
 def test_score_a_foreign_predictions_file(tiny_model, tiny_bert, tmp_path):
