@@ -39,7 +39,7 @@ def test_merged_equals_base_plus_adapter(trained, tiny_model, tiny_bert, tmp_pat
     cfg = cfg_for(trained, tiny_model, tiny_bert, merged_dir=str(tmp_path / "merged"))
     out = merge(cfg)
     check = json.loads((out / "merge_check.json").read_text())
-    assert check["passed"] and check["float32_max_abs_logit_diff"] <= cfg.eval.merge_atol
+    assert check["passed"] and check["relative_diff"] <= cfg.eval.merge_rtol and check["attention"] == "eager"
     for name in ("model.safetensors", "tokenizer.json", "generation_config.json", "config.json"):
         assert (out / name).is_file(), name
     assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
@@ -59,6 +59,44 @@ def test_merged_equals_base_plus_adapter(trained, tiny_model, tiny_bert, tmp_pat
                                   AutoModelForCausalLM.from_pretrained(tiny_model)(ids).logits, atol=1e-3)
     with pytest.raises(KitError, match=r"an export already exists; set eval\.overwrite=true"):
         merge(cfg)
+
+
+def test_merge_check_is_relative_to_the_logit_scale():
+    """Issue 26, fault 6: the same 0.004 is float32 rounding next to logits of 50, and a wrong merge next to 2."""
+    from eval.merge import check_logits
+
+    adapted = [torch.tensor([[50.0, -2.0], [1.0, 0.5]])]
+    check = check_logits(adapted, [torch.tensor([[50.0, -2.0], [1.004, 0.5]])], rtol=1e-3)
+    assert check == {"float32_max_abs_logit_diff": pytest.approx(0.004, rel=1e-4), "max_abs_logit": 50.0,
+                     "relative_diff": pytest.approx(8e-5, rel=1e-4), "rtol": 1e-3, "passed": True}
+    with pytest.raises(KitError, match=r"merge check failed: merged and base\+adapter logits differ by 0\.004, 0\.002 "
+                                       r"of the largest \|logit\| \(2\) > eval\.merge_rtol=0\.001 on 1 prompts; "
+                                       r"nothing was exported"):
+        check_logits([torch.tensor([[2.0, -1.0]])], [torch.tensor([[2.004, -1.0]])], rtol=1e-3)
+
+
+def test_merge_check_fails_when_the_merged_weights_are_off(trained, tiny_model, tiny_bert, tmp_path, monkeypatch):
+    """A merge that leaves one module's LoRA update out (here: layer 0's q_proj put back to the base weight) is
+    refused and nothing is exported; the real merge of the same adapter passes (test_merged_equals_base_plus_adapter).
+    """
+    from peft.tuners.lora import LoraModel
+
+    merge_and_unload = LoraModel.merge_and_unload
+
+    def one_module_unmerged(self, *args, **kwargs):
+        original = self.model.model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
+        merged = merge_and_unload(self, *args, **kwargs)
+        with torch.no_grad():
+            merged.model.layers[0].self_attn.q_proj.weight.copy_(original)
+        return merged
+
+    monkeypatch.setattr(LoraModel, "merge_and_unload", one_module_unmerged)
+    cfg = cfg_for(trained, tiny_model, tiny_bert, merged_dir=str(tmp_path / "merged"))
+    with pytest.raises(KitError, match=r"merge check failed: merged and base\+adapter logits differ by .* of the "
+                                       r"largest \|logit\| .* > eval\.merge_rtol=0\.001 on 4 prompts; nothing was "
+                                       r"exported"):
+        merge(cfg)
+    assert not (tmp_path / "merged").exists()
 
 
 def test_merge_needs_an_adapter(tiny_model, tmp_path):
