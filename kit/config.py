@@ -182,8 +182,10 @@ class EvalConfig:
     # module left out of the merge goes well above.
     merge_rtol: float = 1e-3
     overwrite: bool = False
-    # Generate with the merged export (True) or with base + adapter (False).
-    use_merged: bool = True
+    # Which fine-tuned model answers in eval.generate, eval.chat and eval.app (eval.generate.model_source). null: the
+    # merged export when there is one, else base + adapter, and the console and the predictions' meta say which;
+    # true: the merged export only (an error without one); false: base + adapter. eval.run merges first unless false.
+    use_merged: bool | None = None
     splits: list[Literal["train", "test"]] = field(default_factory=lambda: ["test"])
     # Cap the number of rows per split (None: all).
     max_rows: int | None = None

@@ -136,8 +136,41 @@ def test_generate_writes_rows_and_resumes(trained, tiny_model, tiny_bert, tmp_pa
     again = load_jsonl(out)
     assert sorted(r["id"] for r in again) == sorted(r["id"] for r in rows)
     assert {r["id"]: r["prediction"] for r in again} == {r["id"]: r["prediction"] for r in rows}
-    with pytest.raises(KitError, match=r"no merged export here; run `python -m eval\.merge CONFIG` first"):
+    with pytest.raises(KitError, match=r"none: no merged export here, and eval\.use_merged=true asks for one; run "
+                                       r"`python -m eval\.merge CONFIG` first"):
         generate(cfg_for(trained, tiny_model, tiny_bert, use_merged=True, merged_dir=str(tmp_path / "none")))
+
+
+def test_every_entry_point_answers_with_base_plus_adapter_without_an_export(trained, tiny_model, tiny_bert,
+                                                                            tmp_path, capsys):
+    """Issue 26, fault 7: eval.generate, eval.chat and eval.app follow one rule (eval.generate.model_source)."""
+    from eval.app import load_chats
+    from eval.chat import Chat
+    from eval.generate import ModelSource, model_source
+
+    adapter, merged = trained / "run" / "adapter", tmp_path / "merged"
+    cfg = cfg_for(trained, tiny_model, tiny_bert, merged_dir=str(merged), output_dir=str(tmp_path / "ev"))
+    said = (f"base {tiny_model} + adapter {adapter}: no merged export in {merged} "
+            f"(`python -m eval.merge CONFIG` makes one)")
+    assert model_source(cfg, "finetuned") == ModelSource(str(tiny_model), str(adapter), said)
+    out = generate(cfg)
+    meta = json.loads(out.with_suffix(".meta.json").read_text(encoding="utf-8"))
+    assert (meta["model"], meta["adapter"], meta["answered_by"]) == (str(tiny_model), str(adapter), said)
+    assert f"answering (finetuned) with {said}" in capsys.readouterr().out
+    assert hasattr(Chat(cfg).model, "get_base_model")  # a PEFT model: base + adapter
+    assert f"finetuned: {said}" in capsys.readouterr().out
+    chats, why = load_chats(cfg)
+    assert why is None and hasattr(chats["finetuned"].model, "get_base_model")
+
+    merge(cfg)  # with an export, the export answers; eval.use_merged=false keeps base + adapter
+    assert model_source(cfg, "finetuned") == ModelSource(str(merged), None, f"the merged export {merged}")
+    kept = cfg_for(trained, tiny_model, tiny_bert, merged_dir=str(merged), use_merged=False)
+    assert model_source(kept, "finetuned") == ModelSource(str(tiny_model), str(adapter),
+                                                          f"base {tiny_model} + adapter {adapter}: eval.use_merged=false")
+    (tmp_path / "untrained").mkdir()
+    with pytest.raises(KitError, match=r"no fine-tuned model: no merged export in .*merged and no trained adapter in "
+                                       r".*adapter; train first with `python -m sft\.train CONFIG`"):
+        model_source(cfg_for(tmp_path / "untrained", tiny_model, tiny_bert), "finetuned")
 
 
 def test_generate_in_small_chunks_writes_the_same_file(trained, tiny_model, tiny_bert, tmp_path, monkeypatch):
