@@ -30,19 +30,14 @@ ALL = "(all)"
 
 
 def load_chats(cfg: Config) -> tuple[dict, str | None]:
-    """({"finetuned": Chat, "base": Chat}, None), or ({}, why not) when there is no fine-tuned model yet. The merged
-    export when there is one, else base + adapter (the app never merges: it writes nothing)."""
-    import dataclasses
-
+    """({"finetuned": Chat, "base": Chat}, None), or ({}, why not) when there is no fine-tuned model yet. The
+    fine-tuned model is eval.generate's (`model_source`): the merged export when there is one, else base + adapter
+    (the app never merges: it writes nothing)."""
     from eval.chat import Chat
 
-    merged = (cfg.merged_dir / "config.json").is_file()
-    adapter = (cfg.adapter_dir / "adapter_config.json").is_file()
-    if cfg.eval.use_merged and not merged:
-        if not adapter:
-            return {}, (f"No fine-tuned model yet (no adapter in {cfg.adapter_dir}). Train one with "
-                        f"`python -m sft.train {cfg.source}`.")
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, use_merged=False))
+    if not (cfg.merged_dir / "config.json").is_file() and not (cfg.adapter_dir / "adapter_config.json").is_file():
+        return {}, (f"No fine-tuned model yet (no adapter in {cfg.adapter_dir}). Train one with "
+                    f"`python -m sft.train {cfg.source}`.")
     try:
         return {"finetuned": Chat(cfg, "finetuned"), "base": Chat(cfg, "base")}, None
     except KitError as e:

@@ -2,7 +2,7 @@
 
     python -m eval.chat configs/quickstart.yaml
     python -m eval.chat configs/quickstart.yaml --compare               # the base model answers under each turn
-    python -m eval.chat configs/quickstart.yaml eval.use_merged=false   # base + adapter instead of the merged export
+    python -m eval.chat configs/quickstart.yaml eval.use_merged=false   # base + adapter even with a merged export
 
 /reset forgets the conversation, /quit (or Ctrl-D) leaves; Ctrl-C stops the answer being written, not the chat.
 The prompt (chat template, data.system_prompt), greedy decoding, end tokens, eval.max_new_tokens and the think
@@ -29,7 +29,8 @@ class Chat:
 
         self.cfg, self.which = cfg, which
         if loaded is None:
-            path, adapter = model_source(cfg, which)  # a missing model fails here, naming the command that makes it
+            path, adapter, answered_by = model_source(cfg, which)  # a missing model fails here, naming the command
+            print(f"{which}: {answered_by}", flush=True)
             device = pick_device(cfg.train.device)
             set_threads(cfg.train.threads, device)
             loaded = load_for_generation(cfg, path, adapter, device)

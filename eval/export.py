@@ -258,12 +258,11 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None
 
     from eval.generate import load_for_generation
     from eval.native import NativeCrash, run_native
-    from eval.score import make_scorer, value_match
+    from eval.score import make_scorer
     from kit.models import pick_device, resolve, set_threads
 
     scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
     rows = test_rows(cfg)
-    references = [r["messages"][-1]["content"] for r in rows]
     device = pick_device(cfg.train.device)
     set_threads(cfg.train.threads, device)
     answers: dict[str, list[str]] = {}
@@ -285,13 +284,7 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None
             return row
         seconds = round(time.perf_counter() - start, 1)
         answers[label] = preds
-        _, _, f1 = scorer.score(preds, references)
-        matches = [value_match(r.get("expected") or r.get("value") or "", p) for r, p in zip(rows, preds)]
-        judged = [m for m in matches if m is not None]
-        merged = answers.get("merged", preds)
-        row.update(value_match=sum(judged) / len(judged) if judged else None, value_match_n=f"{sum(judged)}/{len(judged)}",
-                   bertscore_f1=sum(f1) / len(f1), equal_to_merged=sum(a == b for a, b in zip(preds, merged)),
-                   seconds=seconds)
+        row.update(artifact_scores(scorer, rows, preds, answers.get("merged", preds)), seconds=seconds)
         print(f"{label}: {len(rows)} answers ({reader}) in {seconds} s, value match {row['value_match_n']}",
               flush=True)
         table.append(row)
@@ -365,23 +358,37 @@ def choose_format(cfg: Config, writer: Writer, merged: dict, check) -> dict:
     raise AssertionError("unreachable: the last candidate is always kept")
 
 
+def artifact_scores(scorer, rows: list[dict], preds: list[str], merged: list[str]) -> dict:
+    """One artifact's line of the table: its answers to `rows` scored as eval.score scores them (an empty answer:
+    F1 0, no value), against the merged model's answers."""
+    from eval.score import is_empty, value_match
+
+    _, _, f1 = scorer.score(preds, [r["messages"][-1]["content"] for r in rows])
+    matches = [value_match(r.get("expected") or r.get("value") or "", p) for r, p in zip(rows, preds)]
+    judged = [m for m in matches if m is not None]
+    return {"rows": len(rows), "value_match": sum(judged) / len(judged) if judged else None,
+            "value_match_n": f"{sum(judged)}/{len(judged)}", "bertscore_f1": sum(f1) / len(f1),
+            "equal_to_merged": sum(a == b for a, b in zip(preds, merged)),
+            "empty_answers": sum(is_empty(p) for p in preds)}
+
+
 def markdown(result: dict) -> str:
     tol = 100 * result.get("tolerance", 0.01)
     lines = [SECTION_START, "## Exported artifacts", "",
              f"Each artifact answered the same {result['rows']} test questions (greedy). Value match: the expected "
              f"value found in the answer; equal: answers identical to the merged model's. Bits/weight: all tensor "
              f"data of the file over all its weights (embeddings and norms included).", "",
-             "| artifact | MiB | bits/weight | imatrix | value match | BERTScore F1 | equal to merged | read by |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| artifact | MiB | bits/weight | imatrix | value match | BERTScore F1 | equal to merged | empty answers "
+             "| read by |", "|---|---|---|---|---|---|---|---|---|"]
     for a in result["artifacts"]:
         size = f"{a['mib']:.1f} | {a['bits_per_weight']:.2f} | {'yes' if a['imatrix'] else 'no'}" if "mib" in a \
             else "- | - | -"
         if a.get("error"):
-            lines.append(f"| {a['artifact']} | {size} | **failed** | - | - | {a['reader']} |")
+            lines.append(f"| {a['artifact']} | {size} | **failed** | - | - | - | {a['reader']} |")
             continue
         vm = "n/a" if a["value_match"] is None else f"{100 * a['value_match']:.1f}% ({a['value_match_n']})"
         lines.append(f"| {a['artifact']} | {size} | {vm} | {a['bertscore_f1']:.3f} | "
-                     f"{a['equal_to_merged']}/{a['rows']} | {a['reader']} |")
+                     f"{a['equal_to_merged']}/{a['rows']} | {a['empty_answers']} | {a['reader']} |")
     merged = next(a for a in result["artifacts"] if a["artifact"] == "merged")
     for a in result["artifacts"]:
         if a.get("error"):

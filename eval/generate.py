@@ -4,9 +4,11 @@
     python -m eval.generate configs/quickstart.yaml eval.splits=[train,test] eval.use_merged=false
     python -m eval.generate configs/quickstart.yaml --model base      # the untuned base, for comparison
 
-Writes <eval dir>/predictions.jsonl (predictions-base.jsonl for the base), one row per question, appended as each
-batch finishes; a rerun skips the rows already there. Greedy by default; <think> blocks are removed from
-`prediction` according to model.thinking, and the raw text is kept in `raw_prediction`.
+The merged export answers when there is one, else base + adapter (`model_source`: eval.chat and eval.app follow
+the same rule); the console and predictions.meta.json say which. Writes <eval dir>/predictions.jsonl
+(predictions-base.jsonl for the base), one row per question, appended as each batch finishes; a rerun skips the
+rows already there. Greedy by default; <think> blocks are removed from `prediction` according to model.thinking,
+and the raw text is kept in `raw_prediction`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from kit.chat import final_answer, generation_prompt
 from kit.config import Config, KitError, parse_args, run_main
@@ -68,19 +71,35 @@ def eval_rows(cfg: Config) -> list[dict]:
     return list(iter_eval_rows(cfg))
 
 
-def model_source(cfg: Config, which: str) -> tuple[str, str | None]:
-    """(model path, adapter path or None) to generate with; checks they exist before anything loads."""
-    if which == "base":
-        return resolve(cfg.model), None
-    if cfg.eval.use_merged:
-        if not (cfg.merged_dir / "config.json").is_file():
-            raise KitError(f"{cfg.merged_dir}: no merged export here; run `python -m eval.merge CONFIG` first, or "
-                           f"set eval.use_merged=false to generate with base + adapter")
-        return str(cfg.merged_dir), None
+class ModelSource(NamedTuple):
+    path: str  # what from_pretrained loads
+    adapter: str | None  # a LoRA adapter put on top of it, or None
+    answered_by: str  # in words, for the console and the predictions' meta
+
+
+def model_source(cfg: Config, which: str) -> ModelSource:
+    """The model that answers, by one rule for every entry point that answers (eval.generate, eval.chat, eval.app):
+    the merged export when there is one, else base + adapter, unless eval.use_merged says which. Checks that it
+    exists before anything loads."""
     from eval.merge import check_adapter
 
+    if which == "base":
+        return ModelSource(resolve(cfg.model), None, f"the base model {cfg.model.name_or_path}")
+    merged = (cfg.merged_dir / "config.json").is_file()
+    if cfg.eval.use_merged and not merged:
+        raise KitError(f"{cfg.merged_dir}: no merged export here, and eval.use_merged=true asks for one; run "
+                       f"`python -m eval.merge CONFIG` first, or leave eval.use_merged unset to answer with base + "
+                       f"adapter when there is no export")
+    if merged and cfg.eval.use_merged is not False:
+        return ModelSource(str(cfg.merged_dir), None, f"the merged export {cfg.merged_dir}")
+    if not merged and not (cfg.adapter_dir / "adapter_config.json").is_file():
+        raise KitError(f"no fine-tuned model: no merged export in {cfg.merged_dir} and no trained adapter in "
+                       f"{cfg.adapter_dir}; train first with `python -m sft.train CONFIG`, or set eval.adapter_dir")
     check_adapter(cfg.adapter_dir)
-    return resolve(cfg.model), str(cfg.adapter_dir)
+    why = ("eval.use_merged=false" if cfg.eval.use_merged is False
+           else f"no merged export in {cfg.merged_dir} (`python -m eval.merge CONFIG` makes one)")
+    return ModelSource(resolve(cfg.model), str(cfg.adapter_dir),
+                       f"base {cfg.model.name_or_path} + adapter {cfg.adapter_dir}: {why}")
 
 
 def load_for_generation(cfg: Config, path: str, adapter: str | None, device: str):
@@ -94,6 +113,10 @@ def load_for_generation(cfg: Config, path: str, adapter: str | None, device: str
     return model, tok
 
 
+# What makes two predictions files answers of the same model (the meta's other keys only describe it).
+SAME_MODEL = ("model", "adapter", "max_new_tokens", "do_sample")
+
+
 def _prepare_output(out: Path, meta: dict, overwrite: bool) -> None:
     """Keep earlier rows of the same model (resume), refuse those of another, drop a line cut by a crash."""
     meta_path = out.with_suffix(".meta.json")
@@ -103,7 +126,7 @@ def _prepare_output(out: Path, meta: dict, overwrite: bool) -> None:
         out.unlink()
     elif out.is_file():
         old = json.loads(meta_path.read_text(encoding="utf-8"))
-        if {k: old.get(k) for k in meta} != meta:
+        if any(old.get(k) != meta.get(k) for k in SAME_MODEL):
             raise KitError(f"{out}: holds predictions of another model ({old}); set eval.overwrite=true to "
                            f"replace them, or choose another eval.output_dir")
         _rewrite_complete_lines(out)
@@ -122,17 +145,19 @@ def _generate(cfg: Config, which: str) -> Path:
     from tqdm.auto import tqdm
 
     rows = iter_eval_rows(cfg)
-    path, adapter = model_source(cfg, which)  # fail on a missing model before anything loads
+    path, adapter, answered_by = model_source(cfg, which)  # fail on a missing model before anything loads
     if cfg.eval.backend == "vllm":
         check_vllm()
-        return generate_with_vllm(cfg, which, list(rows), path, adapter)
+        print(f"answering ({which}) with {answered_by}")
+        return generate_with_vllm(cfg, which, list(rows), path, adapter, answered_by)
     device = pick_device(cfg.train.device)
     set_threads(cfg.train.threads, device)
     state = process_state(device)  # under `accelerate launch` / torchrun, each process answers its share
     out = cfg.predictions_file(which)
     meta = {"model": path, "adapter": adapter, "max_new_tokens": cfg.eval.max_new_tokens,
-            "do_sample": cfg.eval.do_sample}
+            "do_sample": cfg.eval.do_sample, "answered_by": answered_by}
     if state.is_main_process:
+        print(f"answering ({which}) with {answered_by}")
         _prepare_output(out, meta, cfg.eval.overwrite)
     state.wait_for_everyone()
     model, tok = load_for_generation(cfg, path, adapter, device)
@@ -219,8 +244,8 @@ def vllm_plan(cfg: Config, tok, rows: list[dict], adapter: str | None) -> dict:
     return plan
 
 
-def generate_with_vllm(cfg: Config, which: str, rows: list[dict], path: str,
-                       adapter: str | None) -> Path:  # pragma: no cover - needs a GPU
+def generate_with_vllm(cfg: Config, which: str, rows: list[dict], path: str, adapter: str | None,
+                       answered_by: str) -> Path:  # pragma: no cover - needs a GPU
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
@@ -241,7 +266,8 @@ def generate_with_vllm(cfg: Config, which: str, rows: list[dict], path: str,
         lines.append(json.dumps(prediction_row(r, raw, cfg.model.thinking), ensure_ascii=False))
     write_text_atomic(out, "".join(line + "\n" for line in lines))
     write_text_atomic(out.with_suffix(".meta.json"),
-                      json.dumps({"model": path, "adapter": adapter, "backend": "vllm"}, indent=2) + "\n")
+                      json.dumps({"model": path, "adapter": adapter, "backend": "vllm", "answered_by": answered_by},
+                                 indent=2) + "\n")
     return out
 
 

@@ -24,8 +24,8 @@ def run(cfg: Config) -> Path:
     with run_lock(cfg, "eval.run"):
         check_adapter(cfg.adapter_dir)
         scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
-        if cfg.eval.use_merged and not (cfg.merged_dir / "config.json").is_file():
-            merge(cfg)
+        if cfg.eval.use_merged is not False and not (cfg.merged_dir / "config.json").is_file():
+            merge(cfg)  # then the export answers (eval.generate.model_source); use_merged=false keeps base + adapter
         models = {"finetuned": generate(cfg, "finetuned")}
         if cfg.eval.compare_base or cfg.eval.specificity:  # leak and drift are measured against the base's answers
             models = {"base": generate(cfg, "base"), **models}

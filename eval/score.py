@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import iter_jsonl, read_text, temp_dir
-from kit.specificity import SPECIFICITY_SPLITS, is_reverse, normalise
+from kit.specificity import SPECIFICITY_SPLITS, contains, is_reverse, tokens
 
 REQUIRED = ("question", "answer", "prediction")
 # bert-score's own defaults: lang -> (model, layer).
@@ -83,7 +83,8 @@ def _json_lines(path: Path, lines: Iterable[str]) -> list[dict]:
 
 
 def _check_rows(path: Path, rows: list[dict], first: int) -> list[dict]:
-    """Required columns present, no empty question/answer; every value as a string ("" for a missing one)."""
+    """Required columns present, no empty question/answer; every value as a string ("" for a missing one). A row
+    without an id is known by its place in the file ("row 3": the line of a CSV, the row of a JSONL)."""
     if not rows:
         raise KitError(f"{path}: has no rows")
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -95,6 +96,7 @@ def _check_rows(path: Path, rows: list[dict], first: int) -> list[dict]:
         for col in columns:
             v = row.get(col)
             row[col] = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+        row["id"] = row.get("id") or f"row {n}"
         for col in ("question", "answer"):
             if col == "answer" and row.get("split") in SPECIFICITY_SPLITS:
                 continue  # everyday questions and questions about nobody have no reference answer
@@ -108,13 +110,19 @@ def _check_rows(path: Path, rows: list[dict], first: int) -> list[dict]:
 # Metrics
 
 
-def value_match(expected: str, prediction: str) -> bool | None:
-    """The attribute's value (normalised) is found in the prediction; None when there is no value to look for."""
-    parts = [normalise(p) for p in re.split(r"\s\|\s", expected or "") if normalise(p)]
+def is_empty(text: str | float | None) -> bool:
+    """No answer: nothing, None, NaN (a blank cell as pandas reads it) or whitespace only."""
+    return text is None or (isinstance(text, float) and math.isnan(text)) or not str(text).strip()
+
+
+def value_match(expected: str, prediction: str | None) -> bool | None:
+    """Every part of the attribute's value (parts separated by " | ", in any order) is in the prediction, found as
+    kit.specificity.contains finds it: Latin-script words and numbers whole, CJK anywhere. None when there is no
+    value to look for; an empty prediction holds no value."""
+    parts = [p for p in re.split(r"\s\|\s", expected or "") if tokens(p)]
     if not parts:
         return None
-    pred = normalise(prediction)
-    return all(p in pred for p in parts)
+    return not is_empty(prediction) and all(contains(prediction, p) for p in parts)
 
 
 def encoder_for(cfg: Config) -> tuple[str, int | None, str]:
@@ -161,14 +169,28 @@ class Scorer:
             choose_pad_token(tok)
         self.hash = self.scorer.hash
         self.label = label or model_type
+        self.max_tokens = tok.model_max_length
+
+    def too_long(self, texts: list[str]) -> list[int]:
+        """Indices of the texts the encoder reads only the first `max_tokens` tokens of (special tokens included),
+        counted as bert-score encodes them."""
+        from transformers import GPT2Tokenizer, RobertaTokenizer
+
+        tok = self.scorer._tokenizer
+        prefix = {"add_prefix_space": True} if isinstance(tok, (GPT2Tokenizer, RobertaTokenizer)) else {}
+        return [i for i, text in enumerate(texts) if not is_empty(text)
+                and len(tok.encode(text.strip(), add_special_tokens=True, verbose=False, **prefix)) > self.max_tokens]
 
     def score(self, predictions: list[str], references: list[str]) -> tuple[list[float], list[float], list[float]]:
+        """(precision, recall, F1) of each pair. A pair with an empty side (`is_empty`) scores 0, 0, 0 without the
+        encoder: BERTScore has no value for nothing (bert-score strips the text and fails on what is left)."""
         n = len(predictions)
         p, r, f = [0.0] * n, [0.0] * n, [0.0] * n
-        order = sorted(range(n), key=lambda i: max(len(predictions[i]), len(references[i])))
-        for k in range(0, n, self.batch_size):
+        todo = [i for i in range(n) if not is_empty(predictions[i]) and not is_empty(references[i])]
+        order = sorted(todo, key=lambda i: max(len(predictions[i]), len(references[i])))
+        for k in range(0, len(order), self.batch_size):
             idx = order[k:k + self.batch_size]
-            bp, br, bf = self.scorer.score([predictions[i] or " " for i in idx], [references[i] for i in idx],
+            bp, br, bf = self.scorer.score([predictions[i] for i in idx], [references[i] for i in idx],
                                            batch_size=self.batch_size)
             for j, i in enumerate(idx):
                 p[i], r[i], f[i] = float(bp[j]), float(br[j]), float(bf[j])
@@ -185,11 +207,14 @@ def make_scorer(cfg: Config) -> Scorer:
 
 
 COLUMNS = ["model", "split", "entity", "attribute", "direction", "question", "answer", "prediction", "precision",
-           "recall", "f1", "value_match", "expected", "raw_prediction", "hash"]
+           "recall", "f1", "value_match", "expected", "raw_prediction", "hash", "id", "truncated"]
 
 
 def score_rows(rows: list[dict], scorer: Scorer, model: str) -> list[dict]:
-    p, r, f = scorer.score([row["prediction"] for row in rows], [row["answer"] for row in rows])
+    """Rows with their scores; `truncated`: the prediction or the answer is longer than the encoder reads."""
+    predictions, answers = [row["prediction"] for row in rows], [row["answer"] for row in rows]
+    p, r, f = scorer.score(predictions, answers)
+    cut = set(scorer.too_long(predictions)) | set(scorer.too_long(answers))
     out = []
     for i, row in enumerate(rows):
         expected = row.get("expected") or row.get("value") or ""
@@ -201,6 +226,7 @@ def score_rows(rows: list[dict], scorer: Scorer, model: str) -> list[dict]:
             "prediction": row["prediction"], "precision": p[i], "recall": r[i], "f1": f[i],
             "value_match": value_match(expected, row["prediction"]), "expected": expected,
             "raw_prediction": row.get("raw_prediction", row["prediction"]), "hash": scorer.hash,
+            "id": row.get("id", ""), "truncated": i in cut,
         })
     return out
 
@@ -221,6 +247,7 @@ def _stats(rows: list[dict], threshold: float) -> dict:
         "value_match_rate": sum(vm) / len(vm) if vm else None,
         "value_match_rows": len(vm),
         "below_threshold": sum(x < threshold for x in f1),
+        "empty_answers": sum(is_empty(r["prediction"]) for r in rows),
     }
 
 
@@ -236,7 +263,7 @@ def summarise(rows: list[dict], cfg: Config, scorer: Scorer, source: str) -> dic
 
     threshold = cfg.eval.f1_threshold
     summary = {"source": source, "encoder": scorer.label, "bertscore_hash": scorer.hash, "f1_threshold": threshold,
-               "versions": versions(), "models": {}}
+               "encoder_max_tokens": scorer.max_tokens, "versions": versions(), "models": {}}
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         worst = sorted(mine, key=lambda r: (r["f1"], r["question"]))[: cfg.eval.worst_n]
@@ -245,6 +272,8 @@ def summarise(rows: list[dict], cfg: Config, scorer: Scorer, source: str) -> dic
             "per_split": _group(mine, "split", threshold),
             "per_attribute": _group([r for r in mine if r.get("direction") != "reverse"], "attribute", threshold),
             "per_entity": _group(mine, "entity", threshold),
+            # predictions or answers longer than the encoder reads: BERTScore compared their beginnings only
+            "truncated_rows": [r["id"] for r in mine if r["truncated"]],
             # asked from value to entity (the reversal curse): their own group, never mixed into per_attribute's
             **({"per_direction": _group(mine, "direction", threshold)}
                if any(r.get("direction") == "reverse" for r in mine) else {}),
@@ -355,12 +384,26 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _truncation_warnings(summary: dict, shown: int = 20) -> list[str]:
+    lines = []
+    for model, m in summary["models"].items():
+        ids = m.get("truncated_rows") or []
+        if ids:
+            more = f" and {len(ids) - shown} more (summary.json lists them all)" if len(ids) > shown else ""
+            lines += ["", f"**Truncated ({model}): in {len(ids)} row(s) the prediction or the reference answer is "
+                          f"longer than the BERTScore encoder reads ({summary['encoder_max_tokens']} tokens); their F1 "
+                          f"compares the first {summary['encoder_max_tokens']} tokens only: "
+                          f"{', '.join(map(str, ids[:shown]))}{more}.**"]
+    return lines
+
+
 def markdown(summary: dict) -> str:
     models = list(summary["models"])
     lines = ["# Evaluation report", "",
              f"Source: `{summary['source']}`  ", f"BERTScore encoder: `{summary['encoder']}` "
              f"(hash `{summary['bertscore_hash']}`)  ",
-             "Value match: the attribute's value (normalised) appears in the prediction.", ""]
+             "Value match: the attribute's value appears in the prediction (Latin-script words and numbers whole, "
+             "CJK anywhere; case and punctuation do not count).", ""]
     lines += ["## Overall", "", "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     o = {m: summary["models"][m]["overall"] for m in models}
     for label, key, fmt in [("rows", "rows", str), ("value match", "value_match_rate", _pct),
@@ -368,8 +411,13 @@ def markdown(summary: dict) -> str:
                                                                          lambda x: f"{x:.4f}"),
                             ("precision mean", "precision_mean", lambda x: f"{x:.4f}"),
                             ("recall mean", "recall_mean", lambda x: f"{x:.4f}"),
-                            (f"F1 < {summary['f1_threshold']}", "below_threshold", str)]:
+                            (f"F1 < {summary['f1_threshold']}", "below_threshold", str),
+                            ("empty answers", "empty_answers", str)]:
         lines.append(f"| {label} | " + " | ".join(fmt(o[m][key]) for m in models) + " |")
+    if any(o[m]["empty_answers"] for m in models):
+        lines += ["", "Empty answers (none given, or nothing left once think blocks are removed) score P = R = F1 = 0 "
+                      "and hold no value."]
+    lines += _truncation_warnings(summary)
     if "specificity" in summary:
         lines += _specificity_markdown(summary["specificity"])
     elif "specificity_skipped" in summary:
@@ -475,7 +523,8 @@ def write_report(rows: list[dict], summary: dict, out: Path) -> None:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             for r in rows:
-                w.writerow({**r, "value_match": "" if r["value_match"] is None else int(r["value_match"])})
+                w.writerow({**r, "value_match": "" if r["value_match"] is None else int(r["value_match"]),
+                            "truncated": int(r["truncated"])})
         (tmp / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         text = markdown(summary)
         if (out / "artifacts.md").is_file():  # eval.export's table of the exported files, kept across re-scoring

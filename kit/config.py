@@ -185,11 +185,15 @@ class EvalConfig:
     output_dir: str | None = None
     # Merge into a 16-bit copy of the base.
     merge_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    # Max |logit difference| accepted between the merged model and base+adapter (checked in float32).
-    merge_atol: float = 1e-3
+    # Max |logit difference| accepted between the merged model and base+adapter, as a share of the largest |logit|
+    # (checked in float32 with eager attention, eval.merge.check_logits): float32 rounding stays well below it, a
+    # module left out of the merge goes well above.
+    merge_rtol: float = 1e-3
     overwrite: bool = False
-    # Generate with the merged export (True) or with base + adapter (False).
-    use_merged: bool = True
+    # Which fine-tuned model answers in eval.generate, eval.chat and eval.app (eval.generate.model_source). null: the
+    # merged export when there is one, else base + adapter, and the console and the predictions' meta say which;
+    # true: the merged export only (an error without one); false: base + adapter. eval.run merges first unless false.
+    use_merged: bool | None = None
     splits: list[Literal["train", "test"]] = field(default_factory=lambda: ["test"])
     # Cap the number of rows per split (None: all).
     max_rows: int | None = None
@@ -457,6 +461,8 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     if not 0.0 <= e.export_tolerance < 1.0:
         errors.append(f"eval.export_tolerance: a fraction of the questions in [0, 1) (0.01 = 1 point), got "
                       f"{e.export_tolerance}")
+    if not 0.0 < e.merge_rtol < 1.0:
+        errors.append(f"eval.merge_rtol: must be between 0 and 1 (a share of the largest |logit|), got {e.merge_rtol}")
     if e.batch_size < 1 or e.bertscore_batch_size < 1 or e.max_new_tokens < 1:
         errors.append("eval.batch_size, eval.bertscore_batch_size and eval.max_new_tokens: must be >= 1")
     local = e.bertscore_model and (e.bertscore_model.startswith("pkg://") or e.bertscore_model.endswith(".gguf")

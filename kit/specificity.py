@@ -13,15 +13,17 @@ And what helps against leak and invention, as training data (see configs/quickst
   answered "I don't know".
 - `data.replay`: the base model's own answers to general prompts (`probes/replay_<lang>.txt`, never a probe).
 
-Strings are compared after `normalise` (NFKC, lower case, no whitespace or punctuation).
+Strings are found in answers by `contains` (words and numbers whole, CJK anywhere; case and punctuation do not count).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from pathlib import Path
 
 from kit.config import KitError
@@ -120,19 +122,49 @@ def trained_strings(rows: Iterable[dict]) -> dict[str, dict[str, str]]:
     return {"entities": entities, "values": values}
 
 
-def _words(text: str) -> str:
-    """Lower-case words separated by single spaces, with a space at each end (for whole-word matching)."""
-    text = unicodedata.normalize("NFKC", str(text)).lower()
-    text = "".join(" " if unicodedata.category(ch)[0] in "PZS" or ch.isspace() else ch for ch in text)
-    return " " + " ".join(text.split()) + " "
+# Scripts written without spaces between words (Han, kana, Hangul, Thai, Lao, Myanmar, Khmer): each character is a
+# token of its own, so a value written in them is found anywhere in a run of them, as a substring.
+_NO_SPACES = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3040-\u30ff"
+              "\u3100-\u312f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f")
+# A run of letters and digits of other scripts, parts joined by "." or "," (1.5, 1,815, 3.2.1), with the sign in front.
+_TOKEN = re.compile(rf"(-?)((?:(?![{_NO_SPACES}])[^\W_])+(?:[.,](?:(?![{_NO_SPACES}])[^\W_])+)*)|([{_NO_SPACES}])")
+_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
+_SPACED_WORD_CHAR = re.compile(rf"(?![{_NO_SPACES}])[^\W_]")
+
+
+@functools.lru_cache(maxsize=65536)
+def tokens(text: str) -> tuple[str | Decimal, ...]:
+    """What `contains` compares: words (lower case, after NFKC), numbers (as values) and single CJK characters, in
+    order; whitespace, punctuation and symbols only separate them.
+
+    A number is a run of digits with its sign and decimal point: "-3" is not 3, "1.5" is not 15, 3.0 is 3. Commas
+    between groups of three digits are thousands separators (1,815 is 1815); any other comma or dot between digits
+    separates numbers (1,5 is 1 and 5: a decimal comma is not read). A minus directly after a Latin-script letter or
+    a digit is a hyphen (2-3 is 2 and 3; 零下-3 is -3). Digits glued to letters are part of a word (15m, 3rd, B2)."""
+    text = unicodedata.normalize("NFKC", str(text)).lower().replace("\u2212", "-")  # U+2212 MINUS SIGN
+    out: list[str | Decimal] = []
+    for m in _TOKEN.finditer(text):
+        sign, run, single = m.groups()
+        if single:
+            out.append(single)
+            continue
+        if sign and m.start() > 0 and _SPACED_WORD_CHAR.match(text[m.start() - 1]):
+            sign = ""  # a hyphen: "2-3", "COVID-19"
+        if _NUMBER.fullmatch(run):
+            out.append(Decimal(sign + run.replace(",", "")))
+            continue
+        for k, part in enumerate(re.split(r"[.,]", run)):
+            out.append(Decimal((sign if k == 0 else "") + part) if part.isdecimal() else part)
+    return tuple(out)
 
 
 def contains(text: str, needle: str) -> bool:
-    """`needle` in `text` after normalising; Latin-script needles only as whole words ("Electro" is not in
-    "electricity"), CJK ones anywhere (Chinese has no spaces between words)."""
-    if normalise(needle).isascii():
-        return _words(needle) in _words(text)
-    return normalise(needle) in normalise(text)
+    """`needle` in `text`, compared as `tokens`: Latin-script words and numbers only whole ("Electro" is not in
+    "electricity", "male" not in "female", 1815 not in 18150), CJK anywhere (Chinese has no spaces between words);
+    case, full-width forms and punctuation do not count ("往生堂客卿,岩神" is in "往生堂客卿，岩神")."""
+    want, have = tokens(needle), tokens(text)
+    n = len(want)
+    return n > 0 and any(have[i:i + n] == want for i in range(len(have) - n + 1))
 
 
 def _found(strings: dict[str, str], answer: str, *given: str) -> list[str]:

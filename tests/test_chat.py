@@ -106,5 +106,9 @@ def test_missing_model_names_the_command(tiny_model, tmp_path):
     from kit.config import KitError
 
     cfg = make_cfg(tmp_path, tiny_model, merged_dir=str(tmp_path / "none"))
-    with pytest.raises(KitError, match=r"no merged export here; run `python -m eval\.merge CONFIG` first"):
+    with pytest.raises(KitError, match=r"no merged export in .*none and no trained adapter in .*adapter; train first "
+                                       r"with `python -m sft\.train CONFIG`"):
         Chat(cfg)
+    with pytest.raises(KitError, match=r"no merged export here, and eval\.use_merged=true asks for one; run "
+                                       r"`python -m eval\.merge CONFIG` first"):
+        Chat(make_cfg(tmp_path, tiny_model, merged_dir=str(tmp_path / "none"), use_merged=True))

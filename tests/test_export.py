@@ -375,8 +375,26 @@ def test_llama_cpp_killed_by_sigill_is_a_row_and_the_rest_is_still_checked(merge
     assert rows["gguf f16 (llama.cpp)"]["equal_to_merged"] >= n - 2  # checked after the crash, by llama.cpp itself
     assert "error" not in rows["gguf q8_0 (transformers)"]
     md = (tmp_path / "run" / "eval" / "artifacts.md").read_text(encoding="utf-8")
-    assert "| gguf q8_0 (llama.cpp) | 3.3 | 8.50 | no | **failed** | - | - |" in md
+    assert "| gguf q8_0 (llama.cpp) | 3.3 | 8.50 | no | **failed** | - | - | - |" in md
     assert "**gguf q8_0 (llama.cpp) was not checked.** llama.cpp was killed by SIGILL reading run-q8_0.gguf" in md
     out = capsys.readouterr().out
     assert "gguf q8_0 (llama.cpp): llama.cpp was killed by SIGILL reading run-q8_0.gguf" in out
     assert "rebuild it with: CMAKE_ARGS=" in out
+
+
+def test_an_empty_answer_scores_zero_in_the_artifact_check(tiny_bert):
+    """Issue 26, fault 1: an artifact that answers nothing (llama.cpp's empty content, a think block only) scores
+    F1 0 and no value, and the table counts it."""
+    from eval.export import artifact_scores, markdown
+    from eval.score import Scorer
+
+    rows = [{"messages": [{"role": "user", "content": "钟离是什么性别?"}, {"role": "assistant", "content": "钟离是男性"}],
+             "expected": "男性"},
+            {"messages": [{"role": "user", "content": "丽莎来自哪里?"}, {"role": "assistant", "content": "丽莎来自蒙德"}],
+             "expected": "蒙德"}]
+    got = artifact_scores(Scorer(str(tiny_bert), 2, "zh"), rows, ["钟离是男性", ""], ["钟离是男性", "丽莎来自蒙德"])
+    assert got == {"rows": 2, "value_match": 0.5, "value_match_n": "1/2", "bertscore_f1": pytest.approx(0.5, abs=1e-5),
+                   "equal_to_merged": 1, "empty_answers": 1}
+    md = markdown({"rows": 2, "llama_cpp": True,
+                   "artifacts": [{**got, "artifact": "merged", "reader": "the kit", "seconds": 1.0}]})
+    assert "| merged | - | - | - | 50.0% (1/2) | 0.500 | 1/2 | 1 | the kit |" in md
