@@ -17,8 +17,11 @@ merged model and the training rows are the same.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -192,15 +195,39 @@ def quantize(src: Path, dst: Path, fmt: str, imatrix_file: Path | None, n_thread
         params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         keep.append(arr)
     tmp = dst.with_name(f".kit-tmp-{dst.name}")
+    log = dst.with_name(f".kit-tmp-{dst.name}.log")
     try:
-        code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        with _output_to(log):  # llama.cpp logs every tensor; shown only when it fails
+            code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
         if code != 0:
-            raise ExportError(f"llama.cpp's quantizer failed ({code}) writing {dst.name} from {src.name}")
+            tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
+            raise ExportError(f"llama.cpp's quantizer failed ({code}) writing {dst.name} from {src.name}:\n{tail}")
         tmp.replace(dst)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for f in (tmp, log):
+            f.unlink(missing_ok=True)
     return {"bytes": dst.stat().st_size, "bits_per_weight": bits_per_weight(dst)}
+
+
+@contextlib.contextmanager
+def _output_to(path: Path):
+    """Send this process's stdout and stderr (file descriptors 1 and 2, where llama.cpp's C code writes) to `path`.
+    Only for the child process that quantizes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
 
 
 def bits_per_weight(path: Path) -> float:

@@ -220,12 +220,13 @@ class EvalConfig:
     unknown_names: int = 8
     # eval.export: GGUF files written, into export_dir (default <output_dir>/gguf). f32..q5_1 by the kit's own writer
     # (eval/gguf.py); q3_k_m..iq4_nl by llama.cpp's quantizer (eval/quantize.py, needs llama-cpp-python), with the
-    # run's importance matrix unless export_imatrix is false or the name ends in -noimatrix; [auto]: the smallest
+    # run's importance matrix when export_imatrix is true (unless the name ends in -noimatrix); [auto]: the smallest
     # file whose value match through llama.cpp is within export_tolerance (a fraction: 0.01 = 1 point) of the
     # merged model's.
     export_formats: list[Literal[GGUF_FORMATS]] = field(default_factory=lambda: ["f16", "q8_0"])
     export_dir: str | None = None
-    export_imatrix: bool = True
+    # Off until it pays: on the quickstart the matrix cost answers (bench/RESULTS.md, issue 30).
+    export_imatrix: bool = False
     export_tolerance: float = 0.01
 
 

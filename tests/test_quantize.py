@@ -42,7 +42,7 @@ def test_k_quants_are_written_by_llama_cpp_with_and_without_the_importance_matri
     from data_prep.build import build
 
     llama_cpp()
-    cfg = make_cfg(tmp_path, wide_model, export_formats=["q4_k_m", "q4_k_m-noimatrix", "iq4_xs"])
+    cfg = make_cfg(tmp_path, wide_model, export_formats=["q4_k_m", "q4_k_m-noimatrix", "iq4_xs"], export_imatrix=True)
     build(cfg)
     result = export(cfg, check=False)
     infos = {f["format"]: f for f in result["files"]}
@@ -126,7 +126,7 @@ def test_auto_keeps_the_smallest_file_that_keeps_the_facts(merged_models, tiny_b
     assert reasons["q6_k"] == "not kept: value match 0.0% < 99.0%"
     assert reasons["q8_0"] == "kept: the smallest file within 1 point(s) of the merged model's value match"
     out = tmp_path / "run" / "gguf"
-    assert sorted(p.name for p in out.iterdir()) == ["run-imatrix.npz", "run-q8_0.Modelfile", "run-q8_0.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == ["run-q8_0.Modelfile", "run-q8_0.gguf"]  # matrix off: default
     md = (tmp_path / "run" / "eval" / "artifacts.md").read_text(encoding="utf-8")
     assert "**auto kept run-q8_0.gguf** (tried iq4_xs, q4_k_m, q5_k_m, q6_k, q8_0, smallest first" in md
 
@@ -137,7 +137,8 @@ def test_auto_stops_at_the_first_file_that_keeps_the_facts(merged_models, tiny_b
     from data_prep.build import build
 
     llama_cpp()
-    cfg = make_cfg(tmp_path, merged_models["llama"], tiny_bert, export_formats=["auto"], export_tolerance=1.0 - 1e-6)
+    cfg = make_cfg(tmp_path, merged_models["llama"], tiny_bert, export_formats=["auto"], export_tolerance=1.0 - 1e-6,
+                   export_imatrix=True)
     build(cfg)
     result = export(cfg)["check"]
     assert result["auto"]["format"] == "iq4_xs" and result["auto"]["tried"] == ["iq4_xs"]
@@ -149,7 +150,7 @@ def test_the_importance_matrix_is_reused_while_model_and_rows_are_the_same(wide_
     from data_prep.build import build
 
     llama_cpp()
-    cfg = make_cfg(tmp_path, wide_model, export_formats=["q4_k_s"], overwrite=True)
+    cfg = make_cfg(tmp_path, wide_model, export_formats=["q4_k_s"], overwrite=True, export_imatrix=True)
     build(cfg)
     export(cfg, check=False)
     assert "importance matrix: 16 tensors from" in capsys.readouterr().out
