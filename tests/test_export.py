@@ -320,18 +320,23 @@ def test_llama_cpp_reads_the_tokenizer_and_the_logits(exported, merged_models, a
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.95
 
 
-def test_export_main_checks_every_artifact(merged_models, tiny_bert, tmp_path, capsys):
-    from data_prep.build import build
-
-    llama_cpp()
-    cfg = make_cfg(tmp_path, merged_models["llama"], tiny_bert)
-    build(cfg)
-    config = tmp_path / "run.yaml"
+def export_main(cfg, tmp_path: Path) -> dict:
+    """Build the run's data, write its config as YAML and run `python -m eval.export CONFIG` (main) as a user does;
+    the artifacts.json it wrote."""
     import yaml
 
+    from data_prep.build import build
+
+    build(cfg)
+    config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True), encoding="utf-8")
     assert main([str(config)]) == 0
-    result = json.loads((tmp_path / "run" / "eval" / "artifacts.json").read_text(encoding="utf-8"))
+    return json.loads((tmp_path / "run" / "eval" / "artifacts.json").read_text(encoding="utf-8"))
+
+
+def test_export_main_checks_every_artifact(merged_models, tiny_bert, tmp_path, capsys):
+    llama_cpp()
+    result = export_main(make_cfg(tmp_path, merged_models["llama"], tiny_bert), tmp_path)
     rows = {a["artifact"]: a for a in result["artifacts"]}
     assert list(rows) == ["merged", "gguf f16 (transformers)", "gguf f16 (llama.cpp)", "gguf q8_0 (transformers)",
                           "gguf q8_0 (llama.cpp)"]
@@ -349,20 +354,12 @@ def test_llama_cpp_killed_by_sigill_is_a_row_and_the_rest_is_still_checked(merge
     """Issue 33: llama.cpp dies of SIGILL reading the q8_0 file (as its AMX int8 kernels do where the machine does not
     grant AMX). The command ends normally, the table has every artifact, the q8_0 llama.cpp row says what happened
     and how to rebuild, and the f16 file, read after the crash, is still checked by llama.cpp."""
-    import yaml
-
     import eval.export
-    from data_prep.build import build
     from tests.native_crash import llama_cpp_dies_on_q8_0
 
     llama_cpp()
     monkeypatch.setattr(eval.export, "answer_with_llama_cpp", llama_cpp_dies_on_q8_0)
-    cfg = make_cfg(tmp_path, merged_models["llama"], tiny_bert, export_formats=["q8_0", "f16"])
-    build(cfg)
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True), encoding="utf-8")
-    assert main([str(config)]) == 0
-    result = json.loads((tmp_path / "run" / "eval" / "artifacts.json").read_text(encoding="utf-8"))
+    result = export_main(make_cfg(tmp_path, merged_models["llama"], tiny_bert, export_formats=["q8_0", "f16"]), tmp_path)
     rows = {a["artifact"]: a for a in result["artifacts"]}
     assert list(rows) == ["merged", "gguf q8_0 (transformers)", "gguf q8_0 (llama.cpp)", "gguf f16 (transformers)",
                           "gguf f16 (llama.cpp)"]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from eval.export import export, gguf_path, main
+from eval.export import export, gguf_path
 from eval.gguf import ExportError
-from tests.conftest import CHATML, build_tiny_model
-from tests.test_export import llama_cpp, make_cfg
+from tests.conftest import CHATML
+from tests.test_export import export_main, llama_cpp, make_cfg
 
 
 @pytest.fixture(scope="session")
@@ -103,22 +103,14 @@ def test_auto_keeps_the_smallest_file_that_keeps_the_facts(merged_models, tiny_b
     """The merged model answers every question right (patched); llama.cpp answers right only from the q8_0 file
     (patched, in its child process): iq4_xs, q4_k_m, q5_k_m and q6_k are tried, found short and removed; q8_0 is
     kept, and the table says why for each."""
-    import yaml
-
     import eval.export
-    from data_prep.build import build
     from tests.native_crash import right_only_from_q8_0
 
     llama_cpp()
     monkeypatch.setattr(eval.export, "answer_with_kit", lambda cfg, model, tok, rows: [
         r["messages"][-1]["content"] for r in rows])
     monkeypatch.setattr(eval.export, "answer_with_llama_cpp", right_only_from_q8_0)
-    cfg = make_cfg(tmp_path, merged_models["llama"], tiny_bert, export_formats=["auto"])
-    build(cfg)
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True), encoding="utf-8")
-    assert main([str(config)]) == 0
-    result = json.loads((tmp_path / "run" / "eval" / "artifacts.json").read_text(encoding="utf-8"))
+    result = export_main(make_cfg(tmp_path, merged_models["llama"], tiny_bert, export_formats=["auto"]), tmp_path)
     assert result["auto"]["format"] == "q8_0" and result["auto"]["tried"] == ["iq4_xs", "q4_k_m", "q5_k_m", "q6_k",
                                                                                 "q8_0"]
     reasons = {a["format"]: a["auto"] for a in result["artifacts"] if a.get("auto")}
