@@ -124,12 +124,12 @@ def test_rows(cfg: Config) -> list[dict]:
 
 
 def answer_with_kit(cfg: Config, model, tok, rows: list[dict]) -> list[str]:
-    from kit.chat import final_answer, generation_prompt
+    from kit.chat import final_answer, generation_prompt, opens_think
     from kit.generation import generate_batched
 
     prompts = [generation_prompt(tok, r["messages"][:-1]) for r in rows]
     raw = generate_batched(model, tok, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
-    return [final_answer(a, cfg.model.thinking) for a in raw]
+    return [final_answer(a, cfg.model.thinking, opens_think(p)) for a, p in zip(raw, prompts)]
 
 
 def load_gguf_with_transformers(path: Path):
@@ -158,9 +158,10 @@ def load_llama_cpp(path: Path, n_ctx: int = 1024, logits_all: bool = False, n_th
 
 
 def answer_with_llama_cpp(path: Path, rows: list[dict], max_new_tokens: int, thinking: str,
-                          n_threads: int | None = None) -> list[str]:
+                          n_threads: int | None = None, opened: bool = False) -> list[str]:
     """Greedy answers from llama.cpp's chat completion: the prompt is rendered by llama-cpp-python from the chat
     template stored in the GGUF (not by the kit), and generation stops at the file's end-of-generation tokens.
+    `opened`: the template's generation prompt opens a <think> block (kit.chat.final_answer).
     check_artifacts runs this in a child process (eval.native.run_native): llama.cpp's native code may crash."""
     from kit.chat import final_answer
 
@@ -170,7 +171,7 @@ def answer_with_llama_cpp(path: Path, rows: list[dict], max_new_tokens: int, thi
         got = llm.create_chat_completion(messages=r["messages"][:-1], temperature=0.0, top_k=1,
                                          max_tokens=max_new_tokens, seed=0)
         text = got["choices"][0]["message"]["content"] or ""
-        out.append(final_answer(text, thinking))
+        out.append(final_answer(text, thinking, opened))
     return out
 
 
@@ -180,7 +181,8 @@ def check_artifacts(cfg: Config, gguf_files: list[Path]) -> dict:
     from eval.generate import load_for_generation
     from eval.native import NativeCrash, run_native
     from eval.score import make_scorer, value_match
-    from kit.models import pick_device, resolve, set_threads
+    from kit.chat import generation_prompt, opens_think
+    from kit.models import load_tokenizer, pick_device, resolve, set_threads
 
     scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
     rows = test_rows(cfg)
@@ -213,6 +215,8 @@ def check_artifacts(cfg: Config, gguf_files: list[Path]) -> dict:
         run("adapter", "transformers + peft, the kit's generation", lambda: kit_answers(resolve(cfg.model),
                                                                                         str(cfg.adapter_dir)))
     run("merged", "transformers, the kit's generation", lambda: kit_answers(str(cfg.merged_dir), None))
+    merged_tok = load_tokenizer(str(cfg.merged_dir), cfg.model.trust_remote_code)
+    opened = opens_think(generation_prompt(merged_tok, rows[0]["messages"][:-1])) if rows else False
     for path in gguf_files:
         fmt = path.stem.rsplit("-", 1)[-1]
 
@@ -225,7 +229,7 @@ def check_artifacts(cfg: Config, gguf_files: list[Path]) -> dict:
         if llama_cpp_available():
             run(f"gguf {fmt} (llama.cpp)", "llama-cpp-python, chat template from the file",
                 lambda path=path: run_native(answer_with_llama_cpp, path, rows, cfg.eval.max_new_tokens,
-                                             cfg.model.thinking, torch.get_num_threads(),
+                                             cfg.model.thinking, torch.get_num_threads(), opened,
                                              what=f"reading {path.name}"))
     merged = answers["merged"]
     table = []

@@ -51,6 +51,49 @@ RAW = REASONING + "\n</think>\n\n" + ANSWER  # what the stand-in writes after th
 RAW_TOKENS = 21  # RAW in tokens (EOS not counted)
 
 
+def teach_to_reason(model, tok, steps: int = 60) -> None:
+    """A few optimizer steps on the continuation only: after any generation prompt, write RAW and EOS."""
+    questions = ["钟离来自哪里?", "Who are you?", "今天天气怎么样?", "What is 2+2?", "讲个笑话吧", "Tell me about Paris.",
+                 "丽莎的元素力是什么?", "How do I cook rice?"]
+    convs = [[{"role": "user", "content": q}] for q in questions]
+    convs += [[{"role": "system", "content": "你只回答事实。"}, {"role": "user", "content": questions[0]}],
+              [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ANSWER},
+               {"role": "user", "content": questions[2]}]]
+    answer = tok(RAW, add_special_tokens=False)["input_ids"] + [EOS]
+    prompts = [tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
+                   add_special_tokens=False)["input_ids"] for c in convs]
+    width = max(map(len, prompts)) + len(answer)
+    ids = torch.full((len(prompts), width), EOS)
+    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+    for k, p in enumerate(prompts):
+        n = len(p) + len(answer)
+        ids[k, :n], mask[k, :n] = torch.tensor(p + answer), 1
+        labels[k, len(p) - 1:n - 1] = torch.tensor(answer)  # position t predicts token t + 1
+    where = labels != -100
+    model.model.embed_tokens.weight.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread beats two on a shared 2-core machine
+    try:
+        for _ in range(steps):
+            hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[where]
+            torch.nn.functional.cross_entropy(model.lm_head(hidden), labels[where]).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
+    model.model.embed_tokens.weight.requires_grad_(True)
+
+
+def greedy_ids(model, ids: list[int], n: int) -> list[int]:
+    """n greedy tokens after `ids`, with no stop at all."""
+    out = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            out.append(int(model(torch.tensor([out])).logits[0, -1].float().argmax()))
+    return out[len(ids):]
+
+
 @pytest.fixture(scope="module")
 def r1_tokenizer_dir(base_tokenizer_dir, tmp_path_factory) -> Path:
     from transformers import AutoTokenizer
@@ -69,6 +112,32 @@ def r1_tokenizer_dir(base_tokenizer_dir, tmp_path_factory) -> Path:
     history = tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "x</think>y"}],
                                       tokenize=False)
     assert history == "<｜begin▁of▁sentence｜><｜User｜>a<｜Assistant｜>y<｜end▁of▁sentence｜>"
+    return out
+
+
+@pytest.fixture(scope="module")
+def stand_in(r1_tokenizer_dir, tmp_path_factory) -> Path:
+    """The stand-in model directory (weights in bfloat16, as the real one ships), checked to behave as designed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    out = tmp_path_factory.mktemp("r1-distill-qwen-stand-in")
+    tok = AutoTokenizer.from_pretrained(r1_tokenizer_dir)
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False, rms_norm_eps=1e-6,
+        bos_token_id=EOS, eos_token_id=EOS))  # sic: the real config.json gives the eos id as bos_token_id
+    teach_to_reason(model, tok)
+    model.generation_config = GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, do_sample=True, temperature=0.6,
+                                               top_p=0.95)
+    model.to(torch.bfloat16).save_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).eval()
+    unseen = tok.apply_chat_template([{"role": "user", "content": "甘雨的国籍是哪里?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    after = greedy_ids(model, tok(unseen, add_special_tokens=False)["input_ids"], RAW_TOKENS + 4)
+    assert tok.decode(after[:RAW_TOKENS]) == RAW and after[RAW_TOKENS] == EOS
+    assert tok.decode(after[RAW_TOKENS + 1:], skip_special_tokens=True).strip()  # text follows EOS if not stopped
     return out
 
 
@@ -96,3 +165,40 @@ def test_ollama_template_follows_r1_and_leaves_bos_to_the_tokenizer(r1_tokenizer
         "<｜User｜>钟离来自哪里?<｜Assistant｜>钟离来自璃月。<｜end▁of▁sentence｜><｜User｜>丽莎呢?<｜Assistant｜><think>\n")
     ids = tok(rendered)["input_ids"]  # as Ollama tokenises a prompt: with the model's special tokens
     assert ids[0] == BOS and ids.count(BOS) == 1
+
+
+def test_an_answer_still_reasoning_when_the_budget_runs_out_is_no_answer():
+    """The report scored, and replay trained, the reasoning of an answer cut off before </think> as its answer."""
+    from kit.chat import final_answer
+
+    assert final_answer("Hmm, the user asks", "strip", opened=True) == ""
+    assert final_answer(RAW, "strip", opened=True) == ANSWER
+    assert final_answer("Hmm, the user asks", "keep", opened=True) == "Hmm, the user asks"
+    assert final_answer(" 我不知道。", "strip") == ANSWER  # a template that opens no think block
+
+
+def small_run(stand_in: Path, root: Path, *extra: str) -> list[str]:
+    return [str(CONFIG), f"model.name_or_path={stand_in}", f"output_dir={root / 'run'}", "data.max_train_phrasings=1",
+            "data.unknown_entities=1", "train.threads=1", *extra]
+
+
+def test_predictions_cut_off_while_reasoning_are_empty_and_keep_their_raw_text(stand_in, tmp_path):
+    from data_prep.build import main as build_main
+    from eval.generate import main as generate_main
+
+    args = small_run(stand_in, tmp_path, f"eval.merged_dir={stand_in}", "eval.max_rows=2", "eval.specificity=false",
+                     "eval.max_new_tokens=5")
+    assert build_main(args) == 0 and generate_main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["prediction"], r["raw_prediction"]) for r in rows] == [("", "Hmm, the user")] * 2
+
+
+def test_replay_never_trains_reasoning_and_none_left_is_an_error(stand_in, tmp_path):
+    from kit.config import KitError
+    from sft.train import main as train_main
+
+    with pytest.raises(KitError, match=r"data\.replay: the base model answered none of the 2 replay prompts within "
+                                       r"eval\.max_new_tokens=5 \(with model\.thinking=strip, an answer still "
+                                       r"reasoning when they ran out is none\); raise eval\.max_new_tokens, or set "
+                                       r"data\.replay=0"):
+        train_main(small_run(stand_in, tmp_path, "data.replay=2", "eval.max_new_tokens=5"))
