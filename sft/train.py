@@ -382,7 +382,7 @@ def _train(cfg: Config, callbacks: list | None) -> Path:
             tok.save_pretrained(str(tmp))
     metrics = summarise(trainer, result, run.train_enc, wall, run.resume_epoch)
     if run.eval_enc:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        metrics["eval_loss"] = final_eval_loss(trainer)
     if trainer.is_world_process_zero():
         write_json(cfg.out / "metrics.json", metrics)
         if run.examples:
@@ -412,6 +412,15 @@ def summarise(trainer, result, train_enc, wall: float, from_epoch: float) -> dic
         "train_seconds": wall,
         "log_history": trainer.state.log_history,
     }
+
+
+def final_eval_loss(trainer) -> float:
+    """The eval loss of the trained model: the one logged at the last step when there is one (eval_strategy epoch
+    evaluates there already), else from one more pass over the eval set."""
+    logged = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if logged and logged[-1].get("step") == trainer.state.global_step:
+        return logged[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
 
 
 def logged_loss(history: list[dict]) -> float | None:
