@@ -88,7 +88,7 @@ class Chat:
         worker.join()
         if failed:
             raise failed[0]
-        answer = final_answer(shown.raw, self.cfg.model.thinking)
+        answer = final_answer(shown.raw, self.cfg.model.thinking, opens_think(prompt))
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
         return answer
 

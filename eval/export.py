@@ -198,12 +198,12 @@ def test_rows(cfg: Config) -> list[dict]:
 
 
 def answer_with_kit(cfg: Config, model, tok, rows: list[dict]) -> list[str]:
-    from kit.chat import final_answer, generation_prompt
+    from kit.chat import final_answer, generation_prompt, opens_think
     from kit.generation import generate_batched
 
     prompts = [generation_prompt(tok, r["messages"][:-1]) for r in rows]
     raw = generate_batched(model, tok, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
-    return [final_answer(a, cfg.model.thinking) for a in raw]
+    return [final_answer(a, cfg.model.thinking, opens_think(p)) for a, p in zip(raw, prompts)]
 
 
 def load_gguf_with_transformers(path: Path):
@@ -215,6 +215,15 @@ def load_gguf_with_transformers(path: Path):
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     model.eval()
     return model, tok
+
+
+def tokens_lost(gguf_tok, tok) -> list[str]:
+    """Special and added tokens of `tok` that `gguf_tok` (transformers' tokenizer rebuilt from a GGUF file written from
+    `tok`) does not give the same id. transformers 5 skips control tokens spelled outside the byte-level alphabet, such
+    as DeepSeek-R1's <｜begin▁of▁sentence｜>: it cuts them into pieces, and gives BOS and EOS new ids past the
+    vocabulary. llama.cpp reads them as written."""
+    names = set(tok.all_special_tokens) | {t.content for t in tok.added_tokens_decoder.values()}
+    return sorted(n for n in names if gguf_tok.convert_tokens_to_ids(n) != tok.convert_tokens_to_ids(n))
 
 
 def llama_cpp_available() -> bool:
@@ -232,9 +241,10 @@ def load_llama_cpp(path: Path, n_ctx: int = 1024, logits_all: bool = False, n_th
 
 
 def answer_with_llama_cpp(path: Path, rows: list[dict], max_new_tokens: int, thinking: str,
-                          n_threads: int | None = None) -> list[str]:
+                          n_threads: int | None = None, opened: bool = False) -> list[str]:
     """Greedy answers from llama.cpp's chat completion: the prompt is rendered by llama-cpp-python from the chat
     template stored in the GGUF (not by the kit), and generation stops at the file's end-of-generation tokens.
+    `opened`: the template's generation prompt opens a <think> block (kit.chat.final_answer).
     check_artifacts runs this in a child process (eval.native.run_native): llama.cpp's native code may crash."""
     from kit.chat import final_answer
 
@@ -244,7 +254,7 @@ def answer_with_llama_cpp(path: Path, rows: list[dict], max_new_tokens: int, thi
         got = llm.create_chat_completion(messages=r["messages"][:-1], temperature=0.0, top_k=1,
                                          max_tokens=max_new_tokens, seed=0)
         text = got["choices"][0]["message"]["content"] or ""
-        out.append(final_answer(text, thinking))
+        out.append(final_answer(text, thinking, opened))
     return out
 
 
@@ -259,7 +269,8 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None
     from eval.generate import load_for_generation
     from eval.native import NativeCrash, run_native
     from eval.score import make_scorer
-    from kit.models import pick_device, resolve, set_threads
+    from kit.chat import generation_prompt, opens_think
+    from kit.models import load_tokenizer, pick_device, resolve, set_threads
 
     scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
     rows = test_rows(cfg)
@@ -267,6 +278,7 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None
     set_threads(cfg.train.threads, device)
     answers: dict[str, list[str]] = {}
     table: list[dict] = []
+    reader_notes: dict[str, str] = {}  # a reader that had to differ from its label's (set while answering)
 
     def run(label: str, reader: str, fn, info: dict | None = None) -> dict:
         start = time.perf_counter()
@@ -284,6 +296,7 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None
             return row
         seconds = round(time.perf_counter() - start, 1)
         answers[label] = preds
+        reader = row["reader"] = reader_notes.get(label, reader)
         row.update(artifact_scores(scorer, rows, preds, answers.get("merged", preds)), seconds=seconds)
         print(f"{label}: {len(rows)} answers ({reader}) in {seconds} s, value match {row['value_match_n']}",
               flush=True)
@@ -296,17 +309,24 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None
 
     def via_llama_cpp(path: Path):
         return run_native(answer_with_llama_cpp, path, rows, cfg.eval.max_new_tokens, cfg.model.thinking,
-                          torch.get_num_threads(), what=f"reading {path.name}")
+                          torch.get_num_threads(), opened, what=f"reading {path.name}")
 
     if (cfg.adapter_dir / "adapter_config.json").is_file():
         run("adapter", "transformers + peft, the kit's generation", lambda: kit_answers(resolve(cfg.model),
                                                                                         str(cfg.adapter_dir)))
     merged = run("merged", "transformers, the kit's generation", lambda: kit_answers(str(cfg.merged_dir), None))
+    merged_tok = load_tokenizer(str(cfg.merged_dir), cfg.model.trust_remote_code)
+    opened = opens_think(generation_prompt(merged_tok, rows[0]["messages"][:-1])) if rows else False
     for info in files:
         path, fmt = Path(info["file"]), info["format"]
 
-        def via_transformers(path=path):
+        def via_transformers(path=path, label=f"gguf {fmt} (transformers)"):
             model, tok = load_gguf_with_transformers(path)
+            lost = tokens_lost(tok, merged_tok)
+            if lost:  # the weights are still checked, with the tokenizer the file was written from
+                reader_notes[label] = (f"transformers' GGUF loader, weights only: its tokenizer loses {', '.join(lost)} "
+                                  f"(llama.cpp reads them), so the merged export's tokenizer and template")
+                tok = merged_tok
             return answer_with_kit(cfg, model, tok, rows)
 
         run(f"gguf {fmt} (transformers)", "transformers' GGUF loader, tokenizer and template from the file",

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from kit.chat import final_answer, generation_prompt
+from kit.chat import final_answer, generation_prompt, opens_think
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import atomic_file, iter_jsonl, write_text_atomic
 from kit.generation import generate_batched
@@ -177,9 +177,10 @@ def _generate(cfg: Config, which: str) -> Path:
                 mine = [todo[i] for i in share]
             prompts = [generation_prompt(tok, r["messages"][:-1]) for r in mine]
 
-            def write(indices: list[int], answers: list[str], mine=mine) -> None:
+            def write(indices: list[int], answers: list[str], mine=mine, prompts=prompts) -> None:
                 for i, raw in zip(indices, answers):
-                    f.write(json.dumps(prediction_row(mine[i], raw, cfg.model.thinking), ensure_ascii=False) + "\n")
+                    row = prediction_row(mine[i], raw, cfg.model.thinking, opens_think(prompts[i]))
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 f.flush()
                 bar.update(len(indices))
 
@@ -263,7 +264,8 @@ def generate_with_vllm(cfg: Config, which: str, rows: list[dict], path: str, ada
     lines = []
     for r, o in zip(rows, outputs):
         raw = o.outputs[0].text
-        lines.append(json.dumps(prediction_row(r, raw, cfg.model.thinking), ensure_ascii=False))
+        opened = opens_think(generation_prompt(tok, r["messages"][:-1]))
+        lines.append(json.dumps(prediction_row(r, raw, cfg.model.thinking, opened), ensure_ascii=False))
     write_text_atomic(out, "".join(line + "\n" for line in lines))
     write_text_atomic(out.with_suffix(".meta.json"),
                       json.dumps({"model": path, "adapter": adapter, "backend": "vllm", "answered_by": answered_by},
@@ -271,8 +273,9 @@ def generate_with_vllm(cfg: Config, which: str, rows: list[dict], path: str, ada
     return out
 
 
-def prediction_row(r: dict, raw: str, thinking: str) -> dict:
-    pred = final_answer(raw, thinking)
+def prediction_row(r: dict, raw: str, thinking: str, opened: bool = False) -> dict:
+    """A predictions file row; `opened`: the prompt opened a <think> block (kit.chat.final_answer)."""
+    pred = final_answer(raw, thinking, opened)
     return {"id": r["id"], "split": r["split"], "question": r["messages"][-2]["content"],
             "answer": r["messages"][-1]["content"], "prediction": pred, "raw_prediction": raw,
             "entity": r["entity"], "attribute": r["attribute"], "value": r["value"], "expected": r["expected"],

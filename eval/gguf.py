@@ -135,14 +135,19 @@ def vocab_of(tok, n_vocab: int, stops: list[int]) -> Vocab:
             tokens.append(by_id[i])
             types.append(g.TokenType.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
-    plain = tok("a", add_special_tokens=False)["input_ids"]
-    with_special = tok("a")["input_ids"]
-    add_bos = tok.bos_token_id is not None and len(with_special) > len(plain) and with_special[0] == tok.bos_token_id
     eos = stops[0] if stops else tok.eos_token_id
     eot = next((s for s in stops[1:] if s != eos), None)
     template = tok.chat_template if isinstance(tok.chat_template, str) else None
     return Vocab(tokens, [int(t) for t in types], merges, pre_tokenizer_name(spec), tok.bos_token_id, eos,
-                 tok.pad_token_id, tok.unk_token_id, add_bos, eot, template)
+                 tok.pad_token_id, tok.unk_token_id, adds_bos(tok), eot, template)
+
+
+def adds_bos(tok) -> bool:
+    """The tokenizer puts BOS in front of text it tokenises with special tokens (DeepSeek-R1-Distill's `add_bos_token:
+    true`). Written to the GGUF as add_bos_token: llama.cpp and Ollama then add BOS to every prompt they tokenise."""
+    plain = tok("a", add_special_tokens=False)["input_ids"]
+    with_special = tok("a")["input_ids"]
+    return tok.bos_token_id is not None and len(with_special) > len(plain) and with_special[0] == tok.bos_token_id
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -330,7 +335,10 @@ def ollama_template(tok, thinking: str) -> str:
     text at the markers; refused when the template cannot be written this way (an error names what differs).
 
     With model.thinking=strip the generation prompt also closes the empty think block the kit trained answers behind,
-    so Ollama shows the answer alone, as the report does."""
+    so Ollama shows the answer alone, as the report does. A system message may be rendered apart from the turns
+    (DeepSeek-R1 puts it right after BOS, before the first <｜User｜>). When the tokenizer adds BOS itself (`adds_bos`),
+    the BOS the chat template writes is left out: Ollama tokenises the rendered prompt with the model's special tokens,
+    so it would otherwise start with two."""
     from kit.chat import THINK_CLOSE, opens_think, render
 
     marks = {"S": "KITSYSTEMMARK", "U1": "KITUSERMARKONE", "A1": "KITASSISTANTMARK", "U2": "KITUSERMARKTWO"}
@@ -357,23 +365,35 @@ def ollama_template(tok, thinking: str) -> str:
     first_user, user_to_assistant, assistant_to_user, end = plain
     with_system = cut(conv(["S", "U1", "A1", "U2"]), ["S", "U1", "A1", "U2"])
     system_rule = ""
+    before_system = after_system = ""  # after_system: what opens a user message right after the system message
+    bos = tok.bos_token if tok.bos_token and adds_bos(tok) else ""
+    if bos and first_user.startswith(bos):
+        first_user = first_user[len(bos):]
     if with_system:
         before_system, system_to_user, s_u_a, s_a_u, s_end = with_system
-        if (s_u_a, s_a_u, s_end) != (user_to_assistant, assistant_to_user, end) or system_to_user != assistant_to_user:
+        if (s_u_a, s_a_u, s_end) != (user_to_assistant, assistant_to_user, end):
             raise ExportError("the chat template renders a conversation differently with a system message in a way an "
                               "Ollama TEMPLATE cannot follow (write the Modelfile's TEMPLATE by hand)")
+        if bos and before_system.startswith(bos):
+            before_system = before_system[len(bos):]
         system_rule = f'{{{{ if eq $m.Role "system" }}}}{before_system}{{{{ $m.Content }}}}{{{{ else }}}}'
+        if system_to_user != assistant_to_user:
+            after_system = system_to_user
     elif render(tok, conv(["S", "U1"]), generation_prompt=True) != render(tok, conv(["U1"]), generation_prompt=True):
         raise ExportError("the chat template changes the conversation when given a system message without showing "
                           "it; an Ollama TEMPLATE cannot follow it (write the Modelfile's TEMPLATE by hand)")
     if thinking == "strip" and opens_think(end):
         end = end + "\n" + THINK_CLOSE + "\n\n"
-    for piece in (first_user, user_to_assistant, assistant_to_user, end):
+    for piece in (first_user, user_to_assistant, assistant_to_user, before_system, after_system, end):
         if "{{" in piece or '"""' in piece:
             raise ExportError(f"the chat template's text {piece!r} cannot be put in a Modelfile TEMPLATE")
     # The first user message opens the conversation, also after a system message the template does not show.
-    first = "eq $i 0" if system_rule else 'or (eq $i 0) (and (eq $i 1) (eq (index $.Messages 0).Role "system"))'
-    user = (f'{{{{ if eq $m.Role "user" }}}}{{{{ if {first} }}}}{first_user}{{{{ else }}}}{assistant_to_user}'
+    after_sys = '(and (eq $i 1) (eq (index $.Messages 0).Role "system"))'
+    first = "eq $i 0" if system_rule else f"or (eq $i 0) {after_sys}"
+    opening = f"{{{{ if {first} }}}}{first_user}"
+    if after_system:
+        opening += f"{{{{ else if {after_sys[1:-1]} }}}}{after_system}"
+    user = (f'{{{{ if eq $m.Role "user" }}}}{opening}{{{{ else }}}}{assistant_to_user}'
             f'{{{{ end }}}}{{{{ $m.Content }}}}')
     assistant = f'{{{{ else if eq $m.Role "assistant" }}}}{user_to_assistant}{{{{ $m.Content }}}}{{{{ end }}}}'
     return ("{{ range $i, $m := .Messages }}" + system_rule + user + assistant + ("{{ end }}" if system_rule else "")

@@ -21,10 +21,15 @@ def opens_think(prompt: str) -> bool:
     return prompt.rstrip().endswith(THINK_OPEN)
 
 
-def final_answer(raw: str, thinking: str) -> str:
+def final_answer(raw: str, thinking: str, opened: bool = False) -> str:
     """The answer as the report scores it: without its reasoning when model.thinking is "strip", else stripped of
-    surrounding whitespace."""
-    return strip_think(raw) if thinking == "strip" else raw.strip()
+    surrounding whitespace. `opened`: the prompt opened a <think> block (`opens_think`); with "strip", an answer that
+    never closes it is all reasoning, cut off by the token budget, and has no answer yet: "" (never its reasoning)."""
+    if thinking != "strip":
+        return raw.strip()
+    if opened and THINK_CLOSE not in raw:
+        return ""
+    return strip_think(raw)
 
 
 def strip_think(text: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data_prep.build import ensure_built
-from kit.chat import generation_prompt
+from kit.chat import final_answer, generation_prompt, opens_think
 from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
 from kit.files import atomic_dir, load_jsonl, write_text_atomic
 from kit.models import (choose_pad_token, cpu_has_bf16, load_model, load_tokenizer, pick_device, process_state,
@@ -196,16 +196,19 @@ def pick_examples(path: Path, n: int, scan: int = 10_000) -> list[dict]:
     return picked
 
 
-def answer(model, tok, rows: list[dict], max_new_tokens: int = 48, attention: str | None = None) -> list[str]:
-    """Greedy answers to rows whose last message is the one to answer (an assistant turn, dropped) or a question.
+def answer(model, tok, rows: list[dict], max_new_tokens: int = 48, attention: str | None = None,
+           thinking: str = "none") -> list[str]:
+    """Greedy answers to rows whose last message is the one to answer (an assistant turn, dropped) or a question,
+    as the report reads them (kit.chat.final_answer with model.thinking `thinking`: no reasoning with "strip").
     attention: the implementation to answer with, for this call only (see `answering_attention`)."""
     from kit.generation import generate_batched
 
     prompts = [generation_prompt(tok, r["messages"][:-1] if r["messages"][-1]["role"] == "assistant"
                                  else r["messages"]) for r in rows]
     with attention_for(model, attention):
-        return generate_batched(model, tok, prompts, batch_size=min(len(prompts), 128) or 1,
-                                max_new_tokens=max_new_tokens)
+        raw = generate_batched(model, tok, prompts, batch_size=min(len(prompts), 128) or 1,
+                               max_new_tokens=max_new_tokens)
+    return [final_answer(a, thinking, opens_think(p)) for a, p in zip(raw, prompts)]
 
 
 def answering_attention(cfg: Config, training: str | None) -> str | None:
@@ -237,7 +240,6 @@ def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path, attent
     import hashlib
 
     from kit.specificity import replay_prompts
-    from kit.chat import final_answer
 
     prompts = replay_prompts(cfg.data.language)[: cfg.data.replay]  # at most all of them: checked in kit.config
     system = [{"role": "system", "content": cfg.data.system_prompt}] if cfg.data.system_prompt else []
@@ -245,21 +247,29 @@ def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path, attent
                                      cfg.model.thinking], ensure_ascii=False).encode()).hexdigest()[:16]
     path = data_dir / "replay.jsonl"
     if path.is_file():
-        cached = load_jsonl(path)
-        if len(cached) == len(prompts) and all(r.get("key") == key for r in cached):
+        cached = load_jsonl(path)  # answers that were left out (below) are left out of the file too
+        if cached and all(r.get("key") == key for r in cached):
             return cached
     answers = answer(model, tok, [{"messages": system + [{"role": "user", "content": p}], "turns": 1}
-                                  for p in prompts], cfg.eval.max_new_tokens, attention)
+                                  for p in prompts], cfg.eval.max_new_tokens, attention, cfg.model.thinking)
     rows = []
-    for prompt, raw in zip(prompts, answers):
-        text = final_answer(raw, cfg.model.thinking)
+    for prompt, text in zip(prompts, answers):
         rows.append({"id": hashlib.sha1(f"replay\x1f{prompt}".encode()).hexdigest()[:12], "key": key,
                      "messages": system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}],
                      "entity": "", "attribute": "", "value": "", "expected": "", "template": "replay", "turns": 1})
-    rows = [r for r in rows if r["messages"][-1]["content"]]  # an empty answer teaches nothing
+    # An empty answer teaches nothing; a reasoning model's answer still reasoning when eval.max_new_tokens ran out is
+    # empty here (final_answer), so its reasoning is never trained as an answer.
+    rows = [r for r in rows if r["messages"][-1]["content"]]
+    if not rows:
+        raise KitError(f"data.replay: the base model answered none of the {len(prompts)} replay prompts within "
+                       f"eval.max_new_tokens={cfg.eval.max_new_tokens} (with model.thinking=strip, an answer still "
+                       f"reasoning when they ran out is none); raise eval.max_new_tokens, or set data.replay=0")
     if process_state(pick_device(cfg.train.device)).is_main_process:
         write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
-    print(f"replay: {len(rows)} answers of the base model to general prompts added to train ({path})", flush=True)
+    left = len(prompts) - len(rows)
+    print(f"replay: {len(rows)} answers of the base model to general prompts added to train ({path})"
+          + (f"; {left} left out, empty or cut off by eval.max_new_tokens={cfg.eval.max_new_tokens} while still "
+             f"reasoning" if left else ""), flush=True)
     return rows
 
 
@@ -322,7 +332,8 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
             concatenate_datasets([train_enc, Dataset.from_list(replay_enc, features=train_enc.features)]),
             [token_counts(train_enc), token_counts(replay_enc)])
     examples = pick_examples(data_dir / "test.jsonl", t.show_examples) if main else []
-    before = answer(model, tok, examples, attention=answer_attention) if examples and not resume_from else []
+    before = (answer(model, tok, examples, attention=answer_attention, thinking=cfg.model.thinking)
+              if examples and not resume_from else [])
     trainer = trainer_class(t.share_prefix)(
         model=model,
         args=build_sft_config(cfg, device, precision),
@@ -371,11 +382,12 @@ def _train(cfg: Config, callbacks: list | None) -> Path:
             tok.save_pretrained(str(tmp))
     metrics = summarise(trainer, result, run.train_enc, wall, run.resume_epoch)
     if run.eval_enc:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        metrics["eval_loss"] = final_eval_loss(trainer)
     if trainer.is_world_process_zero():
         write_json(cfg.out / "metrics.json", metrics)
         if run.examples:
-            after = answer(trainer.model, tok, run.examples, attention=run.answer_attention)
+            after = answer(trainer.model, tok, run.examples, attention=run.answer_attention,
+                           thinking=cfg.model.thinking)
             print(show_examples(run.examples, run.before, after), flush=True)
         print(f"train loss {metrics['train_loss']:.4f}"
               + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
@@ -400,6 +412,15 @@ def summarise(trainer, result, train_enc, wall: float, from_epoch: float) -> dic
         "train_seconds": wall,
         "log_history": trainer.state.log_history,
     }
+
+
+def final_eval_loss(trainer) -> float:
+    """The eval loss of the trained model: the one logged at the last step when there is one (eval_strategy epoch
+    evaluates there already), else from one more pass over the eval set."""
+    logged = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if logged and logged[-1].get("step") == trainer.state.global_step:
+        return logged[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
 
 
 def logged_loss(history: list[dict]) -> float | None:

@@ -188,8 +188,11 @@ def render_go(template: str, messages: list[dict]) -> str:
         m = re.fullmatch(r'eq \$m\.Role "(\w+)"', cond)
         if m:
             return env["m"]["role"] == m.group(1)
+        after_system = env["i"] == 1 and messages[0]["role"] == "system"
         if cond == 'or (eq $i 0) (and (eq $i 1) (eq (index $.Messages 0).Role "system"))':
-            return env["i"] == 0 or (env["i"] == 1 and messages[0]["role"] == "system")
+            return env["i"] == 0 or after_system
+        if cond == 'and (eq $i 1) (eq (index $.Messages 0).Role "system")':
+            return after_system
         m = re.fullmatch(r"eq \$i (\d+)", cond)
         assert m, cond
         return env["i"] == int(m.group(1))
