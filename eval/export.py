@@ -22,12 +22,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from eval.gguf import (FORMATS, ExportError, check_architecture, check_system_prompt, modelfile,
-                       ollama_template, write_gguf)
-from eval.quantize import (AUTO_CANDIDATES, INSTALL, LLAMA_CPP_FORMATS, NO_IMATRIX, is_llama_cpp_format,
-                           uses_imatrix)
-from kit.config import Config, parse_args, run_main
-from kit.files import write_text_atomic
+from eval.gguf import ExportError, check_architecture, check_system_prompt, modelfile, ollama_template, write_gguf
+from eval.quantize import AUTO_CANDIDATES, INSTALL, is_llama_cpp_format, uses_imatrix
+from kit.config import GGUF_FORMATS, Config, parse_args, run_main
+from kit.files import TEMP_PREFIX, write_text_atomic
 
 SECTION_START = "<!-- kit:artifacts -->"
 SECTION_END = "<!-- /kit:artifacts -->"
@@ -48,7 +46,7 @@ def check_inputs(cfg: Config, check: bool = True) -> None:
     from kit.models import resolve
 
     formats = cfg.eval.export_formats
-    known = list(FORMATS) + [f + suffix for f in LLAMA_CPP_FORMATS for suffix in ("", NO_IMATRIX)] + ["auto"]
+    known = list(GGUF_FORMATS)
     unknown = [f for f in formats if f not in known]
     if unknown or not formats:
         raise ExportError(f"eval.export_formats: {unknown or formats} not known; choose from {known}")
@@ -133,7 +131,7 @@ class Writer:
             if wanted.is_file() and "f16" in self.cfg.eval.export_formats:
                 self._source = wanted
             else:
-                self._source = self.out_dir / f".kit-src-{self.cfg.out.resolve().name}-f16.gguf"
+                self._source = self.out_dir / f"{TEMP_PREFIX}src-{self.cfg.out.resolve().name}-f16.gguf"
                 self._temporary_source = True
                 write_gguf(self.cfg.merged_dir, self.tok, self._source, "f16", self.stops, self.cfg.out.resolve().name)
         return self._source
@@ -150,7 +148,7 @@ class Writer:
         import torch
 
         from eval.native import run_native
-        from eval.quantize import bits_per_weight, quantize, tensor_types
+        from eval.quantize import quantize, tensor_stats
 
         path = gguf_path(self.cfg, fmt)
         start = time.perf_counter()
@@ -160,12 +158,12 @@ class Writer:
             run_native(quantize, source, path, fmt, imatrix, torch.get_num_threads(),
                        what=f"quantizing {source.name} to {fmt}")
             info = {"file": str(path), "format": fmt, "writer": "llama.cpp's quantizer",
-                    "imatrix": imatrix is not None, "bytes": path.stat().st_size,
-                    "tensor_types": sorted(tensor_types(path))}
+                    "imatrix": imatrix is not None, "bytes": path.stat().st_size}
         else:
             info = write_gguf(self.cfg.merged_dir, self.tok, path, fmt, self.stops, self.cfg.out.resolve().name)
             info.update(writer="the kit (gguf package)", imatrix=False)
-        info["bits_per_weight"] = round(bits_per_weight(path), 2)
+        types, bits = tensor_stats(path)
+        info.update(tensor_types=sorted(types), bits_per_weight=round(bits, 2))
         write_text_atomic(path.with_suffix(".Modelfile"),
                           modelfile(path, self.template, self.stop_text, self.cfg.data.system_prompt))
         path.with_suffix(".Modelfile").chmod(0o644)
@@ -258,9 +256,9 @@ def answer_with_llama_cpp(path: Path, rows: list[dict], max_new_tokens: int, thi
     return out
 
 
-def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None) -> dict:
+def check_artifacts(cfg: Config, files: list[dict], writer: Writer) -> dict:
     """Every artifact answers the test questions: the adapter and the merged export through the kit, each GGUF file
-    in `files` (Writer.write's infos) through transformers' GGUF loader and llama.cpp. For
+    in `files` (`writer.write`'s infos) through transformers' GGUF loader and llama.cpp. For
     eval.export_formats=[auto], `writer` writes AUTO_CANDIDATES from the smallest file up, each checked through
     llama.cpp, until one keeps the merged model's value match within eval.export_tolerance; the others are removed.
     A llama.cpp read that crashes is a row saying so (eval.native), and the rest is still checked."""
@@ -270,7 +268,7 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None
     from eval.native import NativeCrash, run_native
     from eval.score import make_scorer
     from kit.chat import generation_prompt, opens_think
-    from kit.models import load_tokenizer, pick_device, resolve, set_threads
+    from kit.models import pick_device, resolve, set_threads
 
     scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
     rows = test_rows(cfg)
@@ -315,7 +313,7 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None
         run("adapter", "transformers + peft, the kit's generation", lambda: kit_answers(resolve(cfg.model),
                                                                                         str(cfg.adapter_dir)))
     merged = run("merged", "transformers, the kit's generation", lambda: kit_answers(str(cfg.merged_dir), None))
-    merged_tok = load_tokenizer(str(cfg.merged_dir), cfg.model.trust_remote_code)
+    merged_tok = writer.tok  # the merged export's tokenizer
     opened = opens_think(generation_prompt(merged_tok, rows[0]["messages"][:-1])) if rows else False
     for info in files:
         path, fmt = Path(info["file"]), info["format"]
@@ -324,8 +322,9 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None
             model, tok = load_gguf_with_transformers(path)
             lost = tokens_lost(tok, merged_tok)
             if lost:  # the weights are still checked, with the tokenizer the file was written from
-                reader_notes[label] = (f"transformers' GGUF loader, weights only: its tokenizer loses {', '.join(lost)} "
-                                  f"(llama.cpp reads them), so the merged export's tokenizer and template")
+                reader_notes[label] = (f"transformers' GGUF loader, weights only: its tokenizer loses "
+                                       f"{', '.join(lost)} (llama.cpp reads them), so the merged export's tokenizer "
+                                       f"and template")
                 tok = merged_tok
             return answer_with_kit(cfg, model, tok, rows)
 
@@ -341,12 +340,18 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer | None = None
             lambda: via_llama_cpp(Path(info["file"])), info))
     result = {"rows": len(rows), "artifacts": table, "llama_cpp": llama_cpp_available(), "encoder": scorer.label,
               "failed": [a["artifact"] for a in table if a.get("error")], "tolerance": cfg.eval.export_tolerance}
-    if writer is not None and writer.imatrix is not None:
+    if writer.imatrix is not None:
         result["imatrix"] = writer.imatrix
     if chosen is not None:
         result["auto"] = chosen
     write_check(cfg, result, rows, answers)
     return result
+
+
+def keeps_facts(value_match: float | None, merged: float | None, tolerance: float) -> bool:
+    """An artifact's value match is within `tolerance` (a fraction: 0.01 = 1 point) of the merged model's; False
+    when either has no value to compare."""
+    return value_match is not None and merged is not None and value_match >= merged - tolerance - 1e-9
 
 
 def choose_format(cfg: Config, writer: Writer, merged: dict, check) -> dict:
@@ -359,7 +364,7 @@ def choose_format(cfg: Config, writer: Writer, merged: dict, check) -> dict:
     for fmt in AUTO_CANDIDATES:
         info = writer.write(fmt)
         row = check(info)
-        passed = target is not None and row.get("value_match") is not None and row["value_match"] >= target - 1e-9
+        passed = keeps_facts(row.get("value_match"), merged["value_match"], tolerance)
         last = fmt == AUTO_CANDIDATES[-1]
         if passed:
             row["auto"] = (f"kept: the smallest file within {100 * tolerance:g} point(s) of the merged model's value "
@@ -368,7 +373,8 @@ def choose_format(cfg: Config, writer: Writer, merged: dict, check) -> dict:
             row["auto"] = "kept: no smaller candidate kept the facts, and no larger one is tried"
         else:
             why = row.get("error") or (f"value match {100 * row['value_match']:.1f}% < {100 * target:.1f}%"
-                                       if row.get("value_match") is not None else "no value to match")
+                                       if row.get("value_match") is not None and target is not None
+                                       else "no value to match")
             row["auto"] = f"not kept: {why}"
             writer.remove(info)
         tried.append(fmt)
@@ -414,7 +420,7 @@ def markdown(result: dict) -> str:
         if a.get("error"):
             lines += ["", f"**{a['artifact']} was not checked.** {a['error']}"]
         elif a["value_match"] is not None and merged["value_match"] is not None \
-                and a["value_match"] < merged["value_match"] - result.get("tolerance", 0.01) - 1e-9:
+                and not keeps_facts(a["value_match"], merged["value_match"], result.get("tolerance", 0.01)):
             lines += ["", f"**{a['artifact']} forgets facts: value match {100 * a['value_match']:.1f}% against "
                           f"{100 * merged['value_match']:.1f}% for the merged model.**"]
     if "auto" in result:

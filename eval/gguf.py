@@ -192,14 +192,21 @@ class Planned:
     permute_heads: int | None
 
 
+def tensor_name_map(config: dict):
+    """gguf's map from a Hugging Face tensor name to llama.cpp's ("model.layers.0.self_attn.q_proj.weight" ->
+    "blk.0.attn_q.weight") for the model config.json describes."""
+    g = _gguf()
+    arch = {"llama": g.MODEL_ARCH.LLAMA, "qwen2": g.MODEL_ARCH.QWEN2}[config["model_type"]]
+    return g.get_tensor_name_map(arch, config["num_hidden_layers"])
+
+
 def plan_tensors(model_dir: Path, config: dict, fmt: str) -> list[Planned]:
     """What each stored tensor becomes: GGUF name, type (1-D tensors stay f32; a row length the block size does not
     divide stays f16, as llama.cpp's converter does), and whether its rows are reordered."""
     from safetensors import safe_open
 
     g = _gguf()
-    arch = {"llama": g.MODEL_ARCH.LLAMA, "qwen2": g.MODEL_ARCH.QWEN2}[config["model_type"]]
-    names = g.get_tensor_name_map(arch, config["num_hidden_layers"])
+    names = tensor_name_map(config)
     target = quant_type(fmt)
     block = g.GGML_QUANT_SIZES[target][0]
     heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]

@@ -88,7 +88,7 @@ def run_native(fn: Callable, *args: Any, what: str, **kwargs: Any) -> Any:
             proc.join()
             raise
         code = proc.exitcode
-        if code is not None and code < 0:
+        if code < 0:  # ended by a signal
             try:
                 name = signal.Signals(-code).name
             except ValueError:

@@ -26,15 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.gguf import ExportError
+from eval.gguf import ExportError, tensor_name_map
+from kit.config import GGUF_LLAMA_CPP_FORMATS, GGUF_NO_IMATRIX
+from kit.files import TEMP_PREFIX, atomic_file
 
-# File types of llama.cpp's quantizer, by the kit's format names (llama-quantize's names, lower case; the list the
-# config accepts is kit.config.GGUF_LLAMA_CPP_FORMATS).
-LLAMA_CPP_FORMATS = {"q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M", "q4_k_s": "LLAMA_FTYPE_MOSTLY_Q4_K_S",
-                     "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_s": "LLAMA_FTYPE_MOSTLY_Q5_K_S",
-                     "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
-                     "iq4_xs": "LLAMA_FTYPE_MOSTLY_IQ4_XS", "iq4_nl": "LLAMA_FTYPE_MOSTLY_IQ4_NL"}
-NO_IMATRIX = "-noimatrix"
+# File types of llama.cpp's quantizer by the kit's format names, which are llama-quantize's in lower case
+# ("q4_k_m" -> LLAMA_FTYPE_MOSTLY_Q4_K_M).
+LLAMA_CPP_FORMATS = {f: f"LLAMA_FTYPE_MOSTLY_{f.upper()}" for f in GGUF_LLAMA_CPP_FORMATS}
+NO_IMATRIX = GGUF_NO_IMATRIX
 # eval.export_formats=[auto]: tried from the smallest file to the largest; the first that keeps the merged model's
 # value match (within eval.export_tolerance) is kept.
 AUTO_CANDIDATES = ("iq4_xs", "q4_k_m", "q5_k_m", "q6_k", "q8_0")
@@ -75,11 +74,9 @@ def _key(merged_dir: Path, train_file: Path, max_length: int) -> str:
 def gguf_names(model, config: dict) -> dict[str, str]:
     """{module name of each nn.Linear: GGUF tensor name of its weight} ("model.layers.0.self_attn.q_proj" ->
     "blk.0.attn_q.weight"). A tied lm_head maps to "output.weight"."""
-    import gguf
     import torch
 
-    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}[config["model_type"]]
-    names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
+    names = tensor_name_map(config)
     out = {}
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
@@ -153,14 +150,11 @@ def imatrix_for(cfg, tok, path: Path) -> dict:
         with np.load(path) as z:
             if str(z["__key__"]) == key:
                 return {"file": str(path), "reused": True, "tokens": int(z["__tokens__"]),
-                              "tensors": len(z.files) - 2}
+                        "tensors": len(z.files) - 2}
     conversations = [r["messages"] for r in iter_jsonl(train_file)]
     matrix, tokens = compute_imatrix(cfg.merged_dir, tok, conversations, cfg.train.max_length)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".kit-tmp-{path.name}")
-    with open(tmp, "wb") as fh:
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:  # a handle: np.savez would add ".npz" to a name
         np.savez(fh, __key__=np.array(key), __tokens__=np.array(tokens), **matrix)
-    tmp.replace(path)
     print(f"importance matrix: {len(matrix)} tensors from {len(conversations)} training conversations "
           f"({tokens} tokens) -> {path}", flush=True)
     return {"file": str(path), "reused": False, "tokens": tokens, "tensors": len(matrix)}
@@ -170,9 +164,9 @@ def imatrix_for(cfg, tok, path: Path) -> dict:
 # The quantizer (runs in a child process: eval.native.run_native)
 
 
-def quantize(src: Path, dst: Path, fmt: str, imatrix_file: Path | None, n_threads: int) -> dict:
+def quantize(src: Path, dst: Path, fmt: str, imatrix_file: Path | None, n_threads: int) -> None:
     """llama.cpp's quantizer: `src` (f16/f32 GGUF) -> `dst` as `fmt` ("q4_k_m"...), with the importance matrix in
-    `imatrix_file` when given. Written beside `dst` and renamed. Returns {"bytes", "bits_per_weight"}."""
+    `imatrix_file` when given. Written beside `dst` and renamed (kit.files.atomic_file)."""
     import ctypes
 
     import llama_cpp
@@ -194,19 +188,17 @@ def quantize(src: Path, dst: Path, fmt: str, imatrix_file: Path | None, n_thread
         arr[len(entries)].name = None  # the list ends at a null name
         params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         keep.append(arr)
-    tmp = dst.with_name(f".kit-tmp-{dst.name}")
-    log = dst.with_name(f".kit-tmp-{dst.name}.log")
+    log = dst.with_name(f"{TEMP_PREFIX}{dst.name}.log")
     try:
-        with _output_to(log):  # llama.cpp logs every tensor; shown only when it fails
-            code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-        if code != 0:
-            tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
-            raise ExportError(f"llama.cpp's quantizer failed ({code}) writing {dst.name} from {src.name}:\n{tail}")
-        tmp.replace(dst)
+        with atomic_file(dst) as tmp:
+            with _output_to(log):  # llama.cpp logs every tensor; shown only when it fails
+                code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+            if code != 0:
+                tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
+                raise ExportError(f"llama.cpp's quantizer failed ({code}) writing {dst.name} from {src.name}:\n{tail}")
     finally:
-        for f in (tmp, log):
-            f.unlink(missing_ok=True)
-    return {"bytes": dst.stat().st_size, "bits_per_weight": bits_per_weight(dst)}
+        log.unlink(missing_ok=True)
+    dst.chmod(0o644)  # atomic_file's temp file is private (mkstemp); Ollama may read it as another user
 
 
 @contextlib.contextmanager
@@ -230,20 +222,16 @@ def _output_to(path: Path):
             os.close(f)
 
 
-def bits_per_weight(path: Path) -> float:
-    """Tensor data bits per weight of a GGUF file (all tensors, embeddings and norms included): what the file
-    really spends, whatever types llama.cpp fell back to for rows a block size does not divide."""
+def tensor_stats(path: Path) -> tuple[dict[str, int], float]:
+    """({GGML type name: number of tensors}, bits per weight) of a GGUF file, read once. Bits per weight: all tensor
+    data over all weights, embeddings and norms included: what the file really spends, whatever types llama.cpp fell
+    back to for rows a block size does not divide."""
     from gguf import GGUFReader
 
-    r = GGUFReader(str(path))
-    return 8 * sum(int(t.n_bytes) for t in r.tensors) / sum(int(t.n_elements) for t in r.tensors)
-
-
-def tensor_types(path: Path) -> dict[str, int]:
-    """{GGML type name: number of tensors} of a GGUF file."""
-    from gguf import GGUFReader
-
-    out: dict[str, int] = {}
+    types: dict[str, int] = {}
+    nbytes = nweights = 0
     for t in GGUFReader(str(path)).tensors:
-        out[t.tensor_type.name] = out.get(t.tensor_type.name, 0) + 1
-    return out
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+        nbytes += int(t.n_bytes)
+        nweights += int(t.n_elements)
+    return types, 8 * nbytes / nweights

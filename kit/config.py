@@ -31,7 +31,9 @@ class KitError(ValueError):
 # matrix), then auto.
 GGUF_WRITER_FORMATS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 GGUF_LLAMA_CPP_FORMATS = ("q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_xs", "iq4_nl")
-GGUF_FORMATS = (GGUF_WRITER_FORMATS + GGUF_LLAMA_CPP_FORMATS + tuple(f + "-noimatrix" for f in GGUF_LLAMA_CPP_FORMATS)
+GGUF_NO_IMATRIX = "-noimatrix"  # after a llama.cpp format: that file is quantized without the importance matrix
+GGUF_FORMATS = (GGUF_WRITER_FORMATS + GGUF_LLAMA_CPP_FORMATS
+                + tuple(f + GGUF_NO_IMATRIX for f in GGUF_LLAMA_CPP_FORMATS)
                 + ("auto",))
 
 

@@ -60,6 +60,7 @@ def test_k_quants_are_written_by_llama_cpp_with_and_without_the_importance_matri
     assert 4.2 < infos["iq4_xs"]["bits_per_weight"] < infos["q4_k_m"]["bits_per_weight"]
     assert (with_m.with_suffix(".Modelfile")).read_text(encoding="utf-8").startswith("# Ollama")
     assert not list(with_m.parent.glob(".kit-*"))  # the f16 source llama.cpp read from is gone
+    assert with_m.stat().st_mode & 0o777 == 0o644  # readable by Ollama running as another user
     imatrix = with_m.parent / "run-imatrix.npz"
     with np.load(imatrix) as z:
         names = sorted(k for k in z.files if not k.startswith("__"))
