@@ -93,6 +93,7 @@ def encode_file(tok, path: Path, max_length: int, thinking: str, cache_dir: Path
     from datasets import Dataset, Features, List, Value
 
     from kit.files import TEMP_PREFIX, temp_dir
+    from kit.models import usable_cpus
 
     key = cache_key(tok, path, max_length, thinking)
     target = cache_dir / f"{path.stem}-{key}"
@@ -107,7 +108,7 @@ def encode_file(tok, path: Path, max_length: int, thinking: str, cache_dir: Path
                               f"with `python -m data_prep.build CONFIG`")
         procs = None
         if rows.num_rows >= PARALLEL_FROM_ROWS:
-            procs = num_proc or min(os.cpu_count() or 1, 8)
+            procs = num_proc or min(usable_cpus(), 8)
             procs = procs if procs > 1 else None
         features = Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")),
                              "problem": Value("string"), "supervised": Value("int32")})
