@@ -9,8 +9,9 @@ against the attribute file (every item of a list value).
         --questions bench/any_attribute/questions_en.csv
 
 Generates with base + adapter (<output_dir>/adapter), greedy, eval.max_new_tokens; writes
-<output_dir>/any_attribute.json and prints right values per attribute, split into attributes with a built-in bank and
-without one.
+<output_dir>/any_attribute.json and prints right values per attribute, and by where the attribute's training phrasings
+came from (data_prep.kinds: a bank, model-written, kind frames, the generic bank), and for all attributes without a
+built-in bank together.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import json
 from collections import defaultdict
 
 from data_prep.sources import load_source
-from data_prep.templates import GENERIC, load_banks
+from data_prep.kinds import resolve_banks
+from data_prep.templates import GENERIC, bank_files, load_banks
 from eval.generate import load_for_generation
 from eval.score import value_match
 from kit.chat import final_answer, generation_prompt
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv, __doc__.splitlines()[0], options)
     attrs = load_source(cfg.data.source, cfg.data.language, cfg.data.entity_column)
     banks = load_banks(cfg.data.language)  # built-in banks only: which attributes had one before data_prep.phrase
+    trained = resolve_banks(attrs, load_banks(cfg.data.language, bank_files(cfg), cfg.data.templates_mode),
+                            cfg.data.source, cfg.phrasings_file)
     with open(args.questions, encoding="utf-8", newline="") as f:
         questions = list(csv.DictReader(f))
     device = pick_device(cfg.train.device)
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         answer = final_answer(raw, cfg.model.thinking)
         right = bool(value_match(expected, answer))
         bank = "without a bank" if banks.for_attribute(q["attribute"])[0] == GENERIC else "with a bank"
-        for key in (bank, q["attribute"]):
+        for key in (bank, trained[q["attribute"]].describe(), q["attribute"]):
             groups[key][0] += right
             groups[key][1] += 1
         rows.append({**q, "expected": expected, "answer": answer, "right": right})

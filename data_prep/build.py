@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from data_prep.kinds import Origin, resolve_banks
 from data_prep.sources import Attributes, Conversations, DataError, ListValue, is_hub, load_source, text_key
 from data_prep.templates import (REVERSE, Bank, Banks, bank_files, humanise, load_banks, render, spoken,
                                  template_id)
@@ -86,10 +87,14 @@ def _held_out(bank: Bank, bank_name: str, attribute: str, test_size: float, seed
     return set(order[:n_test])
 
 
-def stream(attrs: Attributes, data: DataConfig, banks: Banks) -> Iterator[tuple[str, dict]]:
+def stream(attrs: Attributes, data: DataConfig, banks: Banks,
+           origins: dict[str, Origin] | None = None) -> Iterator[tuple[str, dict]]:
     """("train" | "test", row) pairs, in file order, generated entity by entity: nothing is held but one entity's
-    train rows (for its multi-turn conversations) and the per-attribute held-out phrasings."""
+    train rows (for its multi-turn conversations) and the per-attribute held-out phrasings. Each attribute is asked
+    with `origins` (data_prep.kinds.resolve_banks: its bank, else its kind's frames; computed when not given)."""
     seed = data.seed
+    if origins is None:
+        origins = resolve_banks(attrs, banks, data.source)
     entities = list(attrs)
     test_entities: set[str] = set()
     if data.split == "entity":
@@ -109,7 +114,7 @@ def stream(attrs: Attributes, data: DataConfig, banks: Banks) -> Iterator[tuple[
         gender = banks.gender_slots(attrs[entity])
         entity_train: list[dict] = []
         for attribute, value in attrs[entity].items():
-            bank_name, bank = banks.for_attribute(attribute)
+            bank_name, bank = origins[attribute].bank_name, origins[attribute].bank
             slots = _fact_slots(entity, attribute, value, gender, data.language)
             expected = _expected(bank, slots, value)
             rng = _rng(seed, "fact", entity, attribute)
@@ -127,7 +132,7 @@ def stream(attrs: Attributes, data: DataConfig, banks: Banks) -> Iterator[tuple[
             yield "train", row
     if data.reverse:
         yield from _reverse(attrs, data, banks, test_entities)
-    for row in _unknown_entities(attrs, data, banks, held):
+    for row in _unknown_entities(attrs, data, origins, held):
         yield "train", row
 
 
@@ -207,7 +212,7 @@ def _reverse(attrs: Attributes, data: DataConfig, banks: Banks,
                     yield split, _row(entity, attribute, value, render(bank.match, slots), item, data)
 
 
-def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, banks: Banks,
+def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, origins: dict[str, Origin],
                       held: dict[str, set[str]]) -> list[dict]:
     """data.unknown_entities invented people, each asked every attribute once, in a train phrasing, and answered
     "I don't know" (kit/specificity.py: the names are never the ones eval probes invention with)."""
@@ -220,7 +225,7 @@ def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, banks:
     for name in invented_names(data.language, data.unknown_entities, set(attrs), "train"):
         slots = _fact_slots(name, "", "", None, data.language)
         for attribute in attributes:
-            bank_name, bank = banks.for_attribute(attribute)
+            bank = origins[attribute].bank
             phrasings = [q for q in bank.questions if q not in held.get(attribute, ())]
             template = _rng(data.seed, "unknown", name, attribute).choice(phrasings)
             item = {"question": render(template, {**slots, "attribute": humanise(attribute)}),
@@ -354,6 +359,7 @@ def fingerprint(data: DataConfig, banks: list[str] | None = None) -> str:
     else:
         h.update(source.read_bytes())
     for path in [Path(__file__).parent / "templates" / f"{data.language}.yaml",
+                 Path(__file__).parent / "templates" / "kinds" / f"{data.language}.yaml",
                  *map(Path, data.templates if banks is None else banks)]:
         h.update(path.expanduser().read_bytes() if path.expanduser().is_file() else b"")
     # data_prep.phrase's settings change the rows only through the bank file it writes, hashed above
@@ -438,6 +444,12 @@ def _dropped(dropped: dict | None) -> str:
     return "; dropped " + " and ".join(parts) + " (compared after Unicode NFKC, ignoring spaces)"
 
 
+def describe_origins(origins: dict[str, Origin]) -> str:
+    """'question banks: 性别 bank, 入职年份 kind frames (year.start), ...': where each attribute's phrasings come
+    from (data_prep.kinds)."""
+    return "question banks: " + ", ".join(f"{a} {o.describe()}" for a, o in origins.items())
+
+
 def format_stats(s: dict) -> str:
     lines = [f"rows: {s['rows']['train']} train ({s['rows']['train_multi_turn']} multi-turn, "
              f"{s['rows']['train_unknown_entity']} about unknown people), "
@@ -478,7 +490,11 @@ def _build(cfg: Config) -> Path:
             print(f"note: {', '.join('data.' + k for k in skipped)} ignored: {data.source} is a conversation "
                   f"dataset, and these rows are built from attributes")
     else:
-        pairs = stream(source, data, load_banks(data.language, banks, data.templates_mode))
+        loaded = load_banks(data.language, banks, data.templates_mode)
+        origins = resolve_banks(source, loaded, data.source, cfg.phrasings_file)
+        print(describe_origins(origins))
+        extra["question_banks"] = {a: o.describe() for a, o in origins.items()}
+        pairs = stream(source, data, loaded, origins)
     out = cfg.data_dir
     new_dir = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
     python -m data_prep.phrase configs/quickstart.yaml data.source=staff.json data.language=en output_dir=runs/staff
     (read and edit runs/staff/phrasings.yaml, then)  python -m sft.train configs/quickstart.yaml data.source=... (same)
 
-For each attribute that only the generic bank covers ("What is X's start_year?"), the model (data.phrasing_model,
+For each attribute without a bank of its own (asked otherwise with its kind's frames, data_prep/kinds.py), the model (data.phrasing_model,
 default model.name_or_path) is shown the attribute, its language and a few of its values, with two built-in
 attributes as worked examples, and samples data.phrasing_candidates questions. A candidate is kept when it passes
 `check_question` (the entity placeholder once, no value of the attribute in it, a question in the data language, not
@@ -15,8 +15,10 @@ and answer templates the model wrote (checked the same way) after the plain "X's
 
 The result is a question bank YAML (`data_prep/templates/<language>.yaml`'s format) at <output_dir>/phrasings.yaml,
 for a person to read and edit. data_prep.build and sft.train with the same config use it as a user bank, so a rebuild
-never calls the model again and writes the same bytes. Fewer than data.phrasing_min good phrasings for an attribute
-is an error that names it: write a bank for it (data.templates) or use a bigger data.phrasing_model.
+never calls the model again and writes the same bytes. An attribute with fewer than data.phrasing_min good
+phrasings is left out (a comment in the file and a line on the console say so) and asked with its kind's frames; a
+model that cannot write the data language at all (a short probe first) writes nothing, with a one-line reason. A
+bigger data.phrasing_model (a GPU user's 7B chat model) is the way to better phrasings than the frames.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.sources import Attributes, Conversations, DataError, load_source
-from data_prep.templates import GENERIC, Banks, humanise, load_banks, render, spoken
+from data_prep.templates import Banks, humanise, load_banks, render, spoken
 from kit.config import Config, parse_args, run_main
 from kit.files import write_text_atomic
 from kit.specificity import normalise
@@ -64,6 +66,7 @@ PERSON = {"en": r"\b(?:the|this|that) (?:person|employee|individual)\b", "zh": r
 TEMPERATURE = 0.7  # sampling: lower writes fewer broken sentences, higher more varied ones (measured: bench/RESULTS.md)
 MARGIN = 2.0  # nats: how much more a kept question must make its own attribute's answer expected than any other's
 LENGTH = {"en": (3, 20), "zh": (4, 40)}  # words (en) or characters (zh) besides the placeholder
+PROBE = (16, 2)  # candidates sampled before writing, and how many must pass check_question to go on
 FAMILY = 0.6  # two phrasings sharing this much of their words (or characters) are one family: the second is dropped
 
 
@@ -76,6 +79,8 @@ class Written:
     answers: list[str] = field(default_factory=list)
     candidates: int = 0
     dropped: Counter = field(default_factory=Counter)
+    # Set when too few passed (data.phrasing_min): what the attribute is asked with instead ("kind frames (year)").
+    fallback: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -360,7 +365,10 @@ def to_yaml(written: list[Written], model: str, language: str, when: str) -> str
     for w in written:
         dropped = ", ".join(f"{why} {n}" for why, n in w.dropped.most_common() if n)
         lines.append(f"# {w.attribute}: {w.candidates} candidates; kept {len(w.questions) + len(w.held_out)}; "
-                     f"dropped: {dropped or 'none'}")
+                     f"dropped: {dropped or 'none'}" + (f"; too few, not written: asked with the {w.fallback}"
+                                                        if w.fallback else ""))
+        if w.fallback:
+            continue
         attributes[w.attribute] = {"questions": w.questions, "held_out": w.held_out, "answers": w.answers,
                                    "match": "{value}"}
     body = yaml.safe_dump({"attributes": attributes}, allow_unicode=True, sort_keys=False, width=1000)
@@ -368,7 +376,14 @@ def to_yaml(written: list[Written], model: str, language: str, when: str) -> str
 
 
 def phrase(cfg: Config, overwrite: bool = False) -> Path | None:
-    """Write <output_dir>/phrasings.yaml for the attributes without a bank; returns its path (None: nothing to do)."""
+    """Write <output_dir>/phrasings.yaml for the attributes without a bank; returns its path (None: nothing written,
+    every attribute is asked with its kind's frames or has a bank).
+
+    An attribute for which the model writes fewer than data.phrasing_min usable phrasings is left out of the file
+    (a comment says so) and asked with its kind's frames (data_prep/kinds.py); so is every attribute when a short
+    probe shows the model cannot write questions in the data language at all (PROBE)."""
+    from data_prep.kinds import resolve_banks
+
     data = cfg.data
     out = cfg.phrasings_file
     if out.exists() and not overwrite:
@@ -379,35 +394,59 @@ def phrase(cfg: Config, overwrite: bool = False) -> Path | None:
         raise DataError(f"{data.source}: a conversation dataset; data_prep.phrase writes questions for an attribute "
                         f"file ({{entity: {{attribute: value}}}} or a table)")
     banks = load_banks(data.language, list(data.templates), data.templates_mode)
-    attributes = list(dict.fromkeys(a for values in source.values() for a in values))
-    todo = [a for a in attributes if banks.for_attribute(a)[0] == GENERIC]
-    covered = [a for a in attributes if a not in todo]
+    origins = resolve_banks(source, banks, data.source)  # checks kinds before the model is loaded
+    todo = [a for a, o in origins.items() if o.source in ("kind frames", "generic")]
+    covered = [a for a in origins if a not in todo]
     if not todo:
         print(f"every attribute of {data.source} has a question bank ({', '.join(covered)}): nothing to write")
         return None
     print(f"writing phrasings for {', '.join(todo)}" + (f" (with a bank already: {', '.join(covered)})" if covered else ""),
           flush=True)
     writer = Writer(cfg)
+    usable, asked = probe(writer, todo[0], source, banks, data.language)
+    if usable < min(PROBE[1], data.phrasing_min):
+        print(f"{writer.name} wrote {usable} usable {data.language} question(s) of {asked} in a probe (fewer than "
+              f"{min(PROBE[1], data.phrasing_min)}): it cannot write questions in this language, so nothing is written and "
+              + ", ".join(f"{a} is asked with the {origins[a].describe()}" for a in todo)
+              + "; a bigger data.phrasing_model writes better ones", flush=True)
+        return None
     written = []
     for attribute in todo:
         w = write_for(writer, attribute, source, banks, cfg)
         kept = len(w.questions) + len(w.held_out)
-        print(f"  {attribute}: {w.candidates} candidates, kept {kept} ({len(w.held_out)} held out for test), "
-              f"{len(w.answers)} answer template(s)", flush=True)
+        if kept < data.phrasing_min:
+            w.fallback = origins[attribute].describe()
+        print(f"  {attribute}: {w.candidates} candidates, kept {kept}"
+              + (f" (fewer than data.phrasing_min={data.phrasing_min}: not written, asked with the {w.fallback})"
+                 if w.fallback else f" ({len(w.held_out)} held out for test), {len(w.answers)} answer template(s)"),
+              flush=True)
         written.append(w)
-    short = [w for w in written if len(w.questions) + len(w.held_out) < data.phrasing_min]
-    if short:
-        lines = [f"attribute \"{w.attribute}\": {len(w.questions) + len(w.held_out)} usable phrasing(s) of "
-                 f"{w.candidates} ({', '.join(f'{why} {n}' for why, n in w.dropped.most_common() if n)})"
-                 for w in short]
-        raise DataError(f"{writer.name} wrote fewer than data.phrasing_min={data.phrasing_min} usable question "
-                        f"phrasings for {len(short)} attribute(s):\n  " + "\n  ".join(lines) +
-                        f"\nWrite a bank for each (data.templates: a YAML like data_prep/templates/{data.language}"
-                        f".yaml), use a bigger data.phrasing_model, or raise data.phrasing_candidates; nothing was "
-                        f"written")
+    if all(w.fallback for w in written):
+        print(f"nothing written: {writer.name} wrote fewer than data.phrasing_min={data.phrasing_min} usable "
+              f"phrasings for every attribute; data_prep.build asks them with their kind frames. Write a bank "
+              f"(data.templates: a YAML like data_prep/templates/{data.language}.yaml), use a bigger "
+              f"data.phrasing_model, or raise data.phrasing_candidates")
+        return None
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, to_yaml(written, writer.name, data.language, dt.date.today().isoformat()))
+    print("question banks: " + ", ".join(f"{a} {'model-written' if not w.fallback else w.fallback}"
+                                         for a, w in zip(todo, written)) + (f", {', '.join(covered)} bank"
+                                                                            if covered else ""))
     return out
+
+
+def probe(writer: Writer, attribute: str, attrs: Attributes, banks: Banks, language: str) -> tuple[int, int]:
+    """(usable, asked): how many of PROBE[0] candidate questions about `attribute` pass `check_question`; a model
+    that cannot write the data language (SmolLM2-135M in Chinese) writes almost none."""
+    values = list(dict.fromkeys(attrs[e][attribute] for e in attrs if attribute in attrs[e]))
+    examples = [spoken(v, language) for v in values[:2]]
+    replies = writer.sample(_prompts(attribute, examples, banks, language, 2), PROBE[0] // 2)
+    passed: list[str] = []
+    for reply in replies:
+        template = _as_template(reply, language)
+        if not check_question(template, language, values, passed):
+            passed.append(template)
+    return len(passed), len(replies)
 
 
 def main(argv: list[str] | None = None) -> int:

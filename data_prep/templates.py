@@ -32,6 +32,8 @@ class Bank:
     # Phrasings kept for the test split (data.split=phrasing) instead of a random choice among `questions`, e.g. the
     # model-written ones data_prep.phrase sets apart: never used in training.
     held_out: list[str] = field(default_factory=list)
+    # Where the bank comes from: "built-in", or the path of the user's file that added it.
+    source: str = "built-in"
 
 
 @dataclass
@@ -42,6 +44,9 @@ class Banks:
     reverse: Bank
     gender_keys: list[str]
     gender_words: dict[str, dict[str, str]]
+    # Kinds the user's banks name for attributes (`kinds: {入职年份: year}`): {attribute: (kind, file)};
+    # data_prep/kinds.py checks and uses them.
+    kinds: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def for_attribute(self, attribute: str) -> tuple[str, Bank]:
         """(bank name, bank): the attribute's own bank, found by name or alias, else the generic one."""
@@ -129,10 +134,10 @@ def _read(path: Path, errors: list[str], partial: bool) -> dict:
     raw = load_yaml(read_text(path, "question bank"), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a mapping with 'attributes' and/or 'generic'")
-    unknown = set(raw) - {"attributes", "generic", "reverse", "gender_keys", "gender_words"}
+    unknown = set(raw) - {"attributes", "generic", "reverse", "gender_keys", "gender_words", "kinds"}
     if unknown:
         errors.append(f"{path}: unknown top-level key(s) {sorted(unknown)}; "
-                      f"known: attributes, generic, reverse, gender_keys, gender_words")
+                      f"known: attributes, generic, reverse, gender_keys, gender_words, kinds")
     out = {"attributes": {}, "generic": None, "reverse": None}
     attrs = raw.get("attributes") or {}
     if not isinstance(attrs, dict):
@@ -145,6 +150,11 @@ def _read(path: Path, errors: list[str], partial: bool) -> dict:
             out[name] = _parse_bank(raw[name], f"{path}: {name}", errors, partial)
     out["gender_keys"] = raw.get("gender_keys")
     out["gender_words"] = raw.get("gender_words")
+    kinds = raw.get("kinds") or {}
+    if not isinstance(kinds, dict) or not all(isinstance(v, str) for v in kinds.values()):
+        errors.append(f"{path}: 'kinds' must be a mapping of attribute name to kind, e.g. kinds: {{入职年份: year}}")
+        kinds = {}
+    out["kinds"] = {str(k): (v, str(path)) for k, v in kinds.items()}
     return out
 
 
@@ -156,8 +166,10 @@ def load_banks(language: str, extra: list[str] | None = None, mode: str = "exten
     generic: Bank = base["generic"]
     reverse: Bank = base["reverse"]
     gender_keys, gender_words = base["gender_keys"], base["gender_words"]
+    kinds: dict[str, tuple[str, str]] = {}
     for path in extra or []:
         user = _read(Path(path).expanduser(), errors, partial=mode == "extend")
+        kinds.update(user["kinds"])
         banks = [("attribute", name, bank) for name, bank in user["attributes"].items()]
         for kind, name, bank in banks + [(GENERIC, GENERIC, user["generic"]), (REVERSE, REVERSE, user["reverse"])]:
             if bank is None:
@@ -174,6 +186,7 @@ def load_banks(language: str, extra: list[str] | None = None, mode: str = "exten
                     errors.append(f"{path}: bank '{name}' needs both questions and answers (it is new here)")
                     continue
                 merged = bank
+                merged.source = str(path)
             if kind == GENERIC:
                 generic = merged
             elif kind == REVERSE:
@@ -184,7 +197,7 @@ def load_banks(language: str, extra: list[str] | None = None, mode: str = "exten
         gender_words = user["gender_words"] or gender_words
     if errors:
         raise ConfigError("question templates: " + f"{len(errors)} problem(s):\n  " + "\n  ".join(errors))
-    return Banks(language, attributes, generic, reverse, list(gender_keys or []), dict(gender_words or {}))
+    return Banks(language, attributes, generic, reverse, list(gender_keys or []), dict(gender_words or {}), kinds)
 
 
 def bank_files(cfg: Config, say: bool = False) -> list[str]:

@@ -54,14 +54,14 @@ def test_list_values_are_named_in_full():
     assert join_items(["甲", "乙", "丙"], "zh") == "甲、乙和丙"
 
 
-def test_generic_rows_use_the_words_and_every_list_item(tmp_path):
+def test_rows_without_a_bank_use_the_words_and_every_list_item(tmp_path):
     cfg = staff_config(tmp_path, split="random", test_size=0.3)
     train, test = generate(load_source(cfg.data.source, "en"), cfg.data, load_banks("en"))
     by_q = {r["messages"][0]["content"]: r for r in train + test}
     year = by_q["What is Mara Okafor's start year?"]
     assert year["messages"][1]["content"] == "Mara Okafor's start year is 2019."
     assert year["attribute"] == "start_year"  # the report keeps the key
-    langs = by_q["What is Keiko Arai's spoken languages?"]
+    langs = by_q["What are Keiko Arai's spoken languages?"]  # the language kind's frames
     assert langs["messages"][1]["content"] == "Keiko Arai's spoken languages is Japanese, Korean and English."
     assert langs["expected"] == "Japanese | Korean | English"  # value match asks for every item
     assert langs["value"] == "Japanese, Korean, English"
@@ -73,7 +73,7 @@ def test_chinese_list_values(tmp_path):
                    encoding="utf-8")
     data = DataConfig(source=str(src), split="random", test_size=0.3)
     train, test = generate(load_source(str(src), "zh"), data, load_banks("zh"))
-    row = next(r for r in train + test if r["messages"][0]["content"] == "林若溪的语言是什么?")
+    row = next(r for r in train + test if r["messages"][0]["content"] == "林若溪会说哪些语言?")  # language frames
     assert row["messages"][1]["content"] == "林若溪的语言是约鲁巴语和葡萄牙语"
     assert row["expected"] == "约鲁巴语 | 葡萄牙语"
 
@@ -234,11 +234,58 @@ def test_phrase_refuses_to_overwrite_an_edited_bank(tmp_path, canned):
     assert cfg.phrasings_file.read_text(encoding="utf-8") == "attributes: {}\n"
 
 
-def test_too_few_good_phrasings_names_the_attribute_and_writes_nothing(tmp_path, canned):
+def test_too_few_good_phrasings_for_every_attribute_writes_nothing_and_says_what_asks_them(tmp_path, canned, capsys):
     cfg = staff_config(tmp_path, phrasing_candidates=12, phrasing_kept=12, phrasing_min=8)
-    with pytest.raises(DataError, match=r"(?s)fewer than data.phrasing_min=8 .*attribute \"office_city\": 6 usable "
-                                        r".*attribute \"start_year\": 0 usable.*Write a bank for each"):
-        phrase(cfg)
+    assert phrase(cfg) is None
+    out = capsys.readouterr().out
+    assert "office_city: 12 candidates, kept 6 (fewer than data.phrasing_min=8: not written, asked with the kind " \
+           "frames (place.office))" in out
+    assert "start_year: 12 candidates, kept 0 (fewer than data.phrasing_min=8: not written, asked with the kind " \
+           "frames (year.start))" in out
+    assert "nothing written" in out
+    assert not cfg.phrasings_file.exists()
+
+
+def test_an_attribute_that_falls_short_is_asked_with_its_kind_frames_and_the_rest_is_written(tmp_path, canned,
+                                                                                            capsys):
+    """The user is never left with nothing: office_city passes (6 >= 4), start_year gets no usable phrasing from
+    the office-city replies, and spoken_languages none either; the file holds office_city only, and the build asks
+    the other two with their kind frames."""
+    cfg = staff_config(tmp_path, phrasing_candidates=12, phrasing_kept=6, phrasing_min=4)
+    out = phrase(cfg)
+    printed = capsys.readouterr().out
+    assert "question banks: office_city model-written, start_year kind frames (year.start), spoken_languages kind " \
+           "frames (language), occupation bank" in printed
+    text = out.read_text(encoding="utf-8")
+    assert "# start_year: 12 candidates; kept 0; " in text and "not written: asked with the kind frames (year.start)" \
+        in text
+    assert list(load_banks("en", [str(out)]).attributes) == ["gender", "nation", "element", "role", "personality",
+                                                             "office_city"]
+    build(cfg)
+    assert "question banks: occupation bank, office_city model-written, start_year kind frames (year.start), " \
+           "spoken_languages kind frames (language)" in capsys.readouterr().out
+    train = rows(cfg.data_dir / "train.jsonl")
+    asked = {r["messages"][0]["content"] for r in train if r["attribute"] == "start_year"}
+    assert asked & {"When did Mara Okafor join?", "What year did Mara Okafor join the company?",
+                    "When did Mara Okafor start working here?", "Which year was Mara Okafor hired?"}
+
+
+def test_a_model_that_cannot_write_the_language_writes_nothing_with_one_line(tmp_path, monkeypatch, capsys):
+    class NoChinese(CannedWriter):
+        REPLIES = ["I'm sorry, I can only help in English.", "X", "hello"]
+
+    monkeypatch.setattr(phrase_mod, "Writer", NoChinese)
+    src = tmp_path / "zh.json"
+    src.write_text(json.dumps({"林晓雯": {"入职年份": 2015, "部门": "财务部"}, "赵立伟": {"入职年份": 2019, "部门": "研发部"}},
+                              ensure_ascii=False), encoding="utf-8")
+    cfg = build_config({"model": {"name_or_path": "m"}, "data": {"source": str(src)},
+                        "output_dir": str(tmp_path / "run")})
+    assert phrase(cfg) is None
+    lines = [line for line in capsys.readouterr().out.splitlines() if "in a probe" in line]
+    assert lines == ["canned-model wrote 0 usable zh question(s) of 16 in a probe (fewer than 2): it cannot write "
+                     "questions in this language, so nothing is written and 入职年份 is asked with the kind frames "
+                     "(year.start), 部门 is asked with the kind frames (organisation.department); a bigger "
+                     "data.phrasing_model writes better ones"]
     assert not cfg.phrasings_file.exists()
 
 

@@ -1,0 +1,287 @@
+"""Question frames by kind, for attributes that no question bank covers.
+
+An attribute without a bank of its own (入职年份, office_city, 保修期) is given a kind from its values and its name:
+
+    date, year, number, price, duration, place, person, organisation, language, list, yes_no, text
+
+and asked with that kind's frames in the data language (`data_prep/templates/kinds/<language>.yaml`): "X是哪一年进公司
+的?" for a start year, "Which city is X based in?" for an office city, "X会说哪些语言?" for a list of languages. A
+sense narrows a kind by words in the attribute's name (year.start, place.office, organisation.department). `text`
+has no frames of its own: it is asked with the generic bank ("X的武器是什么?").
+
+The values decide what they can (every value a year, a date, a price, a duration, a number, yes/no, or a list); the
+name decides the rest (a city, a department, a person), then the values' own endings (财务部 is an organisation,
+杭州市 a place, 粤语 a language, another entity of the file a person). A user bank overrides with
+`kinds: {attribute: kind}` or `kind.sense`.
+
+Where an attribute's phrasings come from, in order: a bank for it (built-in or data.templates: "bank"), the phrasings
+data_prep.phrase wrote ("model-written"), its kind's frames ("kind frames"), the generic bank ("generic").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep.sources import DataError, ListValue
+from data_prep.templates import GENERIC, Bank, Banks, humanise
+from kit.config import ConfigError, load_yaml
+from kit.files import read_text
+
+__all__ = ["KINDS", "Kind", "Sense", "Origin", "infer_kind", "load_kinds", "resolve_banks", "value_kind"]
+
+KINDS_DIR = Path(__file__).parent / "templates" / "kinds"
+KINDS = ("date", "year", "number", "price", "duration", "place", "person", "organisation", "language", "list",
+         "yes_no", "text")
+# Kinds the values alone decide; the others (and `text`) are told apart by the attribute's name.
+VALUE_KINDS = ("yes_no", "year", "date", "price", "duration", "number", "list", "text")
+MIN_FRAMES = 15  # frames per kind and language: as many as a bundled attribute's bank has (性别: 15)
+
+YES_NO = {"是", "否", "是的", "不是", "有", "无", "没有", "对", "不对", "yes", "no", "true", "false", "y", "n"}
+_NUM = r"[-+]?\d[\d,]*(?:\.\d+)?"
+_YEAR = re.compile(r"^(?:1[0-9]|20|21)\d{2}\s*年?$")
+_MONTH = (r"(?:january|february|march|april|may|june|july|august|september|october|november|december"
+          r"|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec)\.?")
+_DATE = re.compile(
+    rf"^(?:\d{{4}}\s*[-/.年]\s*\d{{1,2}}\s*[-/.月]\s*\d{{1,2}}\s*[日号]?"
+    rf"|(?:\d{{4}}\s*年\s*)?\d{{1,2}}\s*月\s*\d{{1,2}}\s*[日号]"
+    rf"|\d{{1,2}}/\d{{1,2}}(?:/\d{{2,4}})?"
+    rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}(?:,?\s+\d{{4}})?"
+    rf"|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+\d{{4}})?)$", re.IGNORECASE)
+_CURRENCY = r"(?:元|块|块钱|人民币|美元|欧元|英镑|日元|港币|rmb|cny|usd|eur|gbp|jpy|dollars?|euros?|pounds?|yuan)"
+_PRICE = re.compile(rf"^(?:[¥￥$€£]\s*{_NUM}|{_NUM}\s*{_CURRENCY}|{_CURRENCY}\s*{_NUM})$", re.IGNORECASE)
+_DURATION = re.compile(
+    rf"^(?:{_NUM}|[一二两三四五六七八九十半]+)\s*(?:个)?\s*(?:年|月|周|星期|天|日|小时|分钟|秒|years?|months?|weeks?|days?|"
+    rf"hours?|minutes?|seconds?|yrs?|mos?)$", re.IGNORECASE)
+_NUMBER = re.compile(rf"^{_NUM}\s*[^\d\s]{{0,6}}$")
+# Value endings that say the kind when the name does not (zh): 财务部, 杭州市, 粤语.
+ENDINGS = {"organisation": ("部", "公司", "集团", "团队", "小组", "组", "局", "协会", "学校", "大学", "学院", "中心",
+                            "商会", "骑士团", "委员会", "研究所", "医院", "银行"),
+           "place": ("市", "省", "县", "区", "州", "镇", "村"),
+           "language": ("语", "话", "文")}
+
+
+@dataclass
+class Sense:
+    names: list[str]
+    questions: list[str]
+
+
+@dataclass
+class Kind:
+    names: list[str]
+    questions: list[str]
+    senses: dict[str, Sense] = field(default_factory=dict)
+
+
+@dataclass
+class Origin:
+    """Where an attribute's phrasings come from: `source` is "bank", "model-written", "kind frames" or "generic";
+    `kind` is the kind (with its sense: "year.start") or "" for a bank; `bank_name` names the bank in template ids."""
+
+    source: str
+    kind: str
+    bank_name: str
+    bank: Bank
+
+    def describe(self) -> str:
+        if self.source == "kind frames":
+            return f"kind frames ({self.kind})"
+        if self.source == "generic":
+            return f"generic bank (kind {self.kind})"
+        return self.source
+
+
+def _check_list(raw: object, where: str, errors: list[str]) -> list[str]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(x, str) and x.strip() for x in raw):
+        errors.append(f"{where}: must be a non-empty list of strings")
+        return []
+    return list(raw)
+
+
+def load_kinds(language: str) -> dict[str, Kind]:
+    """The frames of `language` (data_prep/templates/kinds/<language>.yaml), checked: every kind but `text` present,
+    at least MIN_FRAMES questions each, placeholders known. Raises ConfigError naming the file and kind."""
+    from data_prep.templates import _check_template
+
+    path = KINDS_DIR / f"{language}.yaml"
+    raw = load_yaml(read_text(path, "kind frames"), str(path)) or {}
+    kinds = raw.get("kinds") if isinstance(raw, dict) else None
+    errors: list[str] = []
+    if not isinstance(kinds, dict):
+        raise ConfigError(f"{path}: must be a mapping with 'kinds'")
+    out: dict[str, Kind] = {}
+    for name in KINDS:
+        if name == "text":
+            continue
+        k = kinds.get(name)
+        where = f"{path}: kinds.{name}"
+        if not isinstance(k, dict):
+            errors.append(f"{where}: missing")
+            continue
+        questions = _check_list(k.get("questions"), f"{where}.questions", errors)
+        if questions and len(questions) < MIN_FRAMES:
+            errors.append(f"{where}.questions: {len(questions)} frames, fewer than {MIN_FRAMES}")
+        for i, q in enumerate(questions):
+            _check_template(q, f"{where}.questions[{i}]", errors)
+        senses = {}
+        for sense, s in (k.get("senses") or {}).items():
+            sw = f"{where}.senses.{sense}"
+            if not isinstance(s, dict):
+                errors.append(f"{sw}: must be a mapping with names and questions")
+                continue
+            sq = _check_list(s.get("questions"), f"{sw}.questions", errors)
+            for i, q in enumerate(sq):
+                _check_template(q, f"{sw}.questions[{i}]", errors)
+            senses[str(sense)] = Sense(_check_list(s.get("names"), f"{sw}.names", errors), sq)
+        out[name] = Kind(_check_list(k.get("names"), f"{where}.names", errors), questions, senses)
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        errors.append(f"{path}: unknown kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
+    if errors:
+        raise ConfigError(f"kind frames: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inference
+
+
+def value_kind(value: str) -> str:
+    """What one value is, from its text alone: one of VALUE_KINDS.
+
+    >>> [value_kind(v) for v in ("2019", "2019年", "3月14日", "¥3999", "2年", "18 months", "120cm", "是", "杭州")]
+    ['year', 'year', 'date', 'price', 'duration', 'duration', 'number', 'yes_no', 'text']
+    """
+    if isinstance(value, ListValue):
+        return "list"
+    text = str(value).strip()
+    if text.lower() in YES_NO:
+        return "yes_no"
+    for kind, pattern in (("year", _YEAR), ("date", _DATE), ("price", _PRICE), ("duration", _DURATION),
+                          ("number", _NUMBER)):
+        if pattern.match(text):
+            return kind
+    return "text"
+
+
+def _words(name: str) -> list[str]:
+    return humanise(name).lower().split()
+
+
+def _cue_end(name: str, cues: list[str]) -> tuple[int, int]:
+    """(where the last cue found in `name` ends, its length); (-1, 0) when none is. A Chinese cue is found anywhere
+    in the name; a Latin one at the start of a word ("languages" has "language", "language" has no "age")."""
+    best = (-1, 0)
+    text = humanise(name).lower()
+    words = _words(name)
+    for cue in cues:
+        c = cue.lower()
+        if c.isascii():
+            for i, w in enumerate(words):
+                if w.startswith(c):
+                    best = max(best, (1000 + i, len(c)))  # word position, after any CJK position
+        else:
+            at = text.rfind(c)
+            if at >= 0:
+                best = max(best, (at + len(c), len(c)))
+    return best
+
+
+def _by_name(name: str, kinds: dict[str, Kind], among: tuple[str, ...]) -> str | None:
+    found = {k: _cue_end(name, kinds[k].names) for k in among if k in kinds}
+    found = {k: v for k, v in found.items() if v[0] >= 0}
+    return max(found, key=found.get) if found else None
+
+
+def _sense(name: str, kind: Kind) -> str | None:
+    found = {s: _cue_end(name, sense.names) for s, sense in kind.senses.items()}
+    found = {s: v for s, v in found.items() if v[0] >= 0}
+    return max(found, key=found.get) if found else None
+
+
+def infer_kind(attribute: str, values: list[str], kinds: dict[str, Kind], entities: set[str] | None = None,
+               where: str = "") -> str:
+    """The kind of `attribute` ("year", "place", ...) with its sense when the name has one ("year.start").
+
+    Raises DataError naming the attribute and `where` when its values mix kinds (a year here, a word there).
+    """
+    seen: dict[str, list[str]] = {}
+    for v in values:
+        seen.setdefault(value_kind(v), []).append(str(v))
+    if set(seen) <= {"number", "year"} and len(seen) == 2:  # 1998 and 12 are both numbers
+        seen = {"number": seen["number"] + seen["year"]}
+    if len(seen) > 1:
+        shown = "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in seen.items())
+        raise DataError(f"{where}: attribute \"{attribute}\" mixes kinds of values ({shown}); make its values one "
+                        f"kind, or name its kind in a question bank (data.templates, a YAML with "
+                        f"`kinds: {{{attribute}: text}}`)")
+    kind = next(iter(seen), "text")
+    if kind == "list":
+        items = [i for v in values for i in getattr(v, "items", (v,))]
+        if _by_name(attribute, kinds, ("language",)) or all(str(i).endswith(ENDINGS["language"]) for i in items):
+            kind = "language"
+    elif kind == "number":
+        kind = _by_name(attribute, kinds, ("price", "duration")) or "number"
+    elif kind == "text":
+        kind = (_by_name(attribute, kinds, ("person", "place", "organisation", "language"))
+                or ("person" if entities and all(v in entities for v in values) else None)
+                or next((k for k, ends in ENDINGS.items() if all(str(v).endswith(ends) for v in values)), "text"))
+    if kind in kinds and (sense := _sense(attribute, kinds[kind])):
+        return f"{kind}.{sense}"
+    return kind
+
+
+def check_kind(spec: str, kinds: dict[str, Kind]) -> str | None:
+    """Why `spec` ("year", "year.start") names no kind of `kinds`; None when it does."""
+    kind, _, sense = str(spec).partition(".")
+    if kind not in KINDS:
+        return f"unknown kind \"{spec}\"; known: {', '.join(KINDS)}"
+    if sense and sense not in (kinds[kind].senses if kind in kinds else {}):
+        known = ", ".join(f"{kind}.{s}" for s in (kinds[kind].senses if kind in kinds else {})) or "none"
+        return f"kind \"{kind}\" has no sense \"{sense}\"; its senses: {known}"
+    return None
+
+
+def frames_bank(spec: str, kinds: dict[str, Kind], generic: Bank) -> Bank:
+    """The bank of a kind (with its sense): the sense's frames, then the kind's; the generic bank's answers."""
+    kind, _, sense = spec.partition(".")
+    if kind not in kinds:
+        return generic
+    questions = (kinds[kind].senses[sense].questions if sense else []) + kinds[kind].questions
+    return Bank(questions=list(dict.fromkeys(questions)), answers=list(generic.answers), match=generic.match)
+
+
+def resolve_banks(attrs: dict[str, dict[str, str]], banks: Banks, where: str = "",
+                  written: str | Path | None = None) -> dict[str, Origin]:
+    """{attribute: Origin} for every attribute of `attrs`, in file order: its bank, else its kind's frames (kind
+    inferred by `infer_kind`, or named in a bank's `kinds:`), else the generic bank. `written` is the
+    data_prep.phrase file, whose banks are "model-written". Raises DataError (a kind that mixes values, or an unknown
+    kind named in a bank) naming the attribute and the file."""
+    kinds = load_kinds(banks.language)
+    values: dict[str, list[str]] = {}
+    for entity_values in attrs.values():
+        for attribute, value in entity_values.items():
+            values.setdefault(attribute, []).append(value)
+    errors = []
+    for attribute, (spec, path) in banks.kinds.items():
+        if why := check_kind(spec, kinds):
+            errors.append(f"{path}: kinds.{attribute}: {why}")
+    if errors:
+        raise DataError(f"question banks: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
+    overrides = {k.strip().lower(): spec for k, (spec, _) in banks.kinds.items()}
+    out: dict[str, Origin] = {}
+    for attribute, vals in values.items():
+        name, bank = banks.for_attribute(attribute)
+        if name != GENERIC:
+            model = written is not None and bank.source == str(written)
+            out[attribute] = Origin("model-written" if model else "bank", "", name, bank)
+            continue
+        spec = overrides.get(attribute.strip().lower()) or infer_kind(attribute, vals, kinds, set(attrs), where)
+        kind = spec.partition(".")[0]
+        if kind == "text":
+            out[attribute] = Origin("generic", spec, GENERIC, banks.generic)
+        else:
+            out[attribute] = Origin("kind frames", spec, f"kind:{spec}", frames_bank(spec, kinds, banks.generic))
+    return out
