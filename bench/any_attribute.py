@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     def options(parser) -> None:
         parser.add_argument("--questions", required=True, help="CSV with entity, attribute, question")
         parser.add_argument("--base", action="store_true", help="ask the base model instead of the fine-tuned one")
+        parser.add_argument("--seen", help="CSV of questions the frames' writer saw before writing them: also "
+                                           "reported without them ('unseen')")
 
     args, cfg = parse_args(argv, __doc__.splitlines()[0], options)
     attrs = load_source(cfg.data.source, cfg.data.language, cfg.data.entity_column)
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
                             cfg.data.source, cfg.phrasings_file)
     with open(args.questions, encoding="utf-8", newline="") as f:
         questions = list(csv.DictReader(f))
+    seen = set()
+    if args.seen:
+        with open(args.seen, encoding="utf-8", newline="") as f:
+            seen = {r["question"] for r in csv.DictReader(f)}
     device = pick_device(cfg.train.device)
     set_threads(cfg.train.threads, device)
     model, tok = load_for_generation(cfg, resolve(cfg.model), None if args.base else str(cfg.adapter_dir), device)
@@ -56,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         answer = final_answer(raw, cfg.model.thinking)
         right = bool(value_match(expected, answer))
         bank = "without a bank" if banks.for_attribute(q["attribute"])[0] == GENERIC else "with a bank"
-        for key in (bank, trained[q["attribute"]].describe(), q["attribute"]):
+        keys = [bank, trained[q["attribute"]].describe(), q["attribute"]]
+        if seen and q["question"] not in seen:
+            keys += [f"{bank}, unseen", f"{trained[q['attribute']].describe()}, unseen"]
+        for key in keys:
             groups[key][0] += right
             groups[key][1] += 1
         rows.append({**q, "expected": expected, "answer": answer, "right": right})
@@ -65,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     out = cfg.out / ("any_attribute-base.json" if args.base else "any_attribute.json")
     out.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     for key, (r, n) in groups.items():
-        print(f"{key:>20}: {r}/{n} ({100 * r / n:.1f}%)")
+        print(f"{key:>40}: {r}/{n} ({100 * r / n:.1f}%)")
     for row in rows:
         if not row["right"]:
             print(f"  wrong: {row['question']} -> {row['answer']!r} (expected {row['expected']})")

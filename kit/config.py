@@ -112,7 +112,7 @@ class DataConfig:
     replay: int = 0
     # data_prep.phrase: the chat model that writes phrasings for attributes without a bank (None: model.name_or_path;
     # a hub id, a local directory or a .gguf file), how many candidates it samples per attribute, how many it keeps
-    # (most specific first) and the fewest it must keep, else it names the attribute to write a bank for.
+    # (most specific first) and the fewest it must keep, else the attribute is asked with its kind's frames.
     phrasing_model: str | None = None
     phrasing_candidates: int = 64
     phrasing_kept: int = 16
