@@ -73,6 +73,9 @@ class Kind:
     names: list[str]
     questions: list[str]
     senses: dict[str, Sense] = field(default_factory=dict)
+    # The kind's own answers and match (yes/no: "X的是否支持快充:否", matched with the field), else the generic bank's.
+    answers: list[str] = field(default_factory=list)
+    match: str | None = None
 
 
 @dataclass
@@ -135,7 +138,13 @@ def load_kinds(language: str) -> dict[str, Kind]:
             for i, q in enumerate(sq):
                 _check_template(q, f"{sw}.questions[{i}]", errors)
             senses[str(sense)] = Sense(_check_list(s.get("names"), f"{sw}.names", errors), sq)
-        out[name] = Kind(_check_list(k.get("names"), f"{where}.names", errors), questions, senses)
+        answers = _check_list(k["answers"], f"{where}.answers", errors) if "answers" in k else []
+        for i, a in enumerate(answers):
+            _check_template(a, f"{where}.answers[{i}]", errors)
+        if "match" in k:
+            _check_template(k["match"], f"{where}.match", errors)
+        out[name] = Kind(_check_list(k.get("names"), f"{where}.names", errors), questions, senses, answers,
+                         k.get("match"))
     unknown = set(kinds) - set(KINDS)
     if unknown:
         errors.append(f"{path}: unknown kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
@@ -179,9 +188,10 @@ def _cue_end(name: str, cues: list[str]) -> tuple[int, int]:
     for cue in cues:
         c = cue.lower()
         if c.isascii():
+            first, *rest = c.split()
             for i, w in enumerate(words):
-                if w.startswith(c):
-                    best = max(best, (1000 + i, len(c)))  # word position, after any CJK position
+                if w.startswith(first) and words[i + 1:i + 1 + len(rest)] == rest:  # "made by": both words
+                    best = max(best, (1000 + i + len(rest), len(c)))  # word position, after any CJK position
         else:
             at = text.rfind(c)
             if at >= 0:
@@ -214,9 +224,11 @@ def infer_kind(attribute: str, values: list[str], kinds: dict[str, Kind], entiti
         seen = {"number": seen["number"] + seen["year"]}
     if len(seen) > 1:
         shown = "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in seen.items())
-        raise DataError(f"{where}: attribute \"{attribute}\" mixes kinds of values ({shown}); make its values one "
-                        f"kind, or name its kind in a question bank (data.templates, a YAML with "
-                        f"`kinds: {{{attribute}: text}}`)")
+        fix = ("write the single values as one-item lists ([\"Excel\"])" if "list" in seen
+               else "leave the attribute out of an entity that has no value (rather than 无, unknown, n/a)"
+               if {"yes_no", "text"} & set(seen) and len(seen) == 2 else "make its values one kind")
+        raise DataError(f"{where}: attribute \"{attribute}\" mixes kinds of values ({shown}); {fix}, or name its "
+                        f"kind in a question bank (data.templates=[bank.yaml] holding `kinds: {{{attribute}: text}}`)")
     kind = next(iter(seen), "text")
     if kind == "list":
         items = [i for v in values for i in getattr(v, "items", (v,))]
@@ -249,8 +261,10 @@ def frames_bank(spec: str, kinds: dict[str, Kind], generic: Bank) -> Bank:
     kind, _, sense = spec.partition(".")
     if kind not in kinds:
         return generic
-    questions = (kinds[kind].senses[sense].questions if sense else []) + kinds[kind].questions
-    return Bank(questions=list(dict.fromkeys(questions)), answers=list(generic.answers), match=generic.match)
+    k = kinds[kind]
+    questions = (k.senses[sense].questions if sense else []) + k.questions
+    return Bank(questions=list(dict.fromkeys(questions)), answers=list(k.answers or generic.answers),
+                match=k.match or generic.match)
 
 
 def resolve_banks(attrs: dict[str, dict[str, str]], banks: Banks, where: str = "",
@@ -265,12 +279,14 @@ def resolve_banks(attrs: dict[str, dict[str, str]], banks: Banks, where: str = "
         for attribute, value in entity_values.items():
             values.setdefault(attribute, []).append(value)
     errors = []
+    known = {a.strip().lower() for a in values}
     for attribute, (spec, path) in banks.kinds.items():
         if why := check_kind(spec, kinds):
             errors.append(f"{path}: kinds.{attribute}: {why}")
-    if errors:
-        raise DataError(f"question banks: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
-    overrides = {k.strip().lower(): spec for k, (spec, _) in banks.kinds.items()}
+        elif attribute.strip().lower() not in known:
+            errors.append(f"{path}: kinds.{attribute}: {where or 'the data'} has no attribute \"{attribute}\"; its "
+                          f"attributes: {', '.join(values)}")
+    overrides = {k.strip().lower(): spec for k, (spec, _) in banks.kinds.items() if not check_kind(spec, kinds)}
     out: dict[str, Origin] = {}
     for attribute, vals in values.items():
         name, bank = banks.for_attribute(attribute)
@@ -278,10 +294,17 @@ def resolve_banks(attrs: dict[str, dict[str, str]], banks: Banks, where: str = "
             model = written is not None and bank.source == str(written)
             out[attribute] = Origin("model-written" if model else "bank", "", name, bank)
             continue
-        spec = overrides.get(attribute.strip().lower()) or infer_kind(attribute, vals, kinds, set(attrs), where)
+        try:
+            spec = overrides.get(attribute.strip().lower()) or infer_kind(attribute, vals, kinds, set(attrs), where)
+        except DataError as e:  # every attribute's problem at once
+            errors.append(str(e))
+            continue
         kind = spec.partition(".")[0]
         if kind == "text":
             out[attribute] = Origin("generic", spec, GENERIC, banks.generic)
         else:
             out[attribute] = Origin("kind frames", spec, f"kind:{spec}", frames_bank(spec, kinds, banks.generic))
+    if errors:
+        raise DataError(errors[0] if len(errors) == 1 else
+                        f"question banks: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
     return out

@@ -277,9 +277,9 @@ def test_generate_is_pure(roles_file):
 # (data_prep/templates/kinds/zh.yaml) and records each attribute's question bank ("question_banks"); every bundled
 # attribute has a bank of its own, so train.jsonl and test.jsonl are the same bytes.
 BEFORE_STREAMING = {
-    (): {"train.jsonl": "1cccea0ae33c0524", "test.jsonl": "d0531a5a29fe4e2a", "stats.json": "15946e3df3b27088"},
+    (): {"train.jsonl": "1cccea0ae33c0524", "test.jsonl": "d0531a5a29fe4e2a", "stats.json": "727884c06595929f"},
     ("data.split=random", "data.reverse=true", "data.multi_turn=3", "data.vary_answers=true"):
-        {"train.jsonl": "0f60413bfa0a0821", "test.jsonl": "72ea4a340f6a43f9", "stats.json": "20c27c97d0df0857"},
+        {"train.jsonl": "0f60413bfa0a0821", "test.jsonl": "72ea4a340f6a43f9", "stats.json": "7da07ac8d3ce1715"},
 }
 
 

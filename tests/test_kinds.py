@@ -32,8 +32,15 @@ STAFF = {"王五", "Ann Lee"}
     (ZH, "出生年份", ["1990"], "year.birth"),
     (ZH, "生日", ["3月14日"], "date.birth"),
     (ZH, "保修期", ["2年", "18个月"], "duration.warranty"),
-    (ZH, "价格", ["3999", "4999"], "price"),          # a plain number, named a price
-    (ZH, "售价", ["¥3999"], "price"),
+    (ZH, "价格", ["3999", "4999"], "price.cost"),     # a plain number, named a price
+    (ZH, "月薪", ["1.5万元"], "price"),                # money, but no "how much to buy X"
+    (ZH, "店长", ["王五"], "person.manager"),
+    (ZH, "所属区域", ["华东区"], "place"),              # the last cue wins: 区域, not 所属
+    (ZH, "发布年份", ["2023"], "year.release"),
+    (ZH, "成立年份", ["2001"], "year.founded"),
+    (ZH, "生产厂家", ["华星电子"], "organisation.maker"),
+    (ZH, "产地", ["深圳"], "place.origin"),
+    (ZH, "售价", ["¥3999"], "price.cost"),
     (ZH, "办公城市", ["杭州", "成都"], "place.office"),
     (ZH, "公司地址", ["北京"], "place"),               # the last cue wins: an address, not a company
     (ZH, "部门", ["财务部", "研发部"], "organisation.department"),
@@ -52,7 +59,12 @@ STAFF = {"王五", "Ann Lee"}
     (EN, "age", ["34"], "number"),                    # "age" is no "language"
     (EN, "department head", ["Ann"], "person.manager"),
     (EN, "warranty", ["2 years"], "duration.warranty"),
-    (EN, "price", ["12.5"], "price"),
+    (EN, "price", ["12.5"], "price.cost"),
+    (EN, "salary", ["$120,000"], "price"),
+    (EN, "launch_date", ["2023-05-01"], "date.release"),
+    (EN, "founded", ["1999"], "year.founded"),
+    (EN, "made_by", ["Acme"], "organisation.maker"),
+    (EN, "made_in", ["Vietnam"], "place.origin"),
     (EN, "birthday", ["March 3"], "date.birth"),
     (EN, "home_city", ["Paris"], "place.home"),
     (EN, "employer", ["Acme"], "organisation.company"),
@@ -138,8 +150,9 @@ def test_a_kind_that_does_not_exist_is_named_with_the_file(tmp_path, bank, messa
 def test_values_of_mixed_kinds_are_refused_naming_the_attribute_and_the_file(tmp_path):
     people = {**PEOPLE, "孙佳怡": {"性别": "女", "入职年份": "不详", "部门": "市场部"}}
     with pytest.raises(DataError, match=r'staff\.json: attribute "入职年份" mixes kinds of values \(year: 2015, '
-                                        r'2019; text: 不详\); make its values one kind, or name its kind in a question '
-                                        r'bank .*kinds: \{入职年份: text\}'):
+                                        r'2019; text: 不详\); leave the attribute out of an entity that has no value '
+                                        r'\(rather than 无, unknown, n/a\), or name its kind in a question bank '
+                                        r'\(data.templates=\[bank.yaml\] holding `kinds: \{入职年份: text\}`\)'):
         build(staff(tmp_path, people))
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
@@ -153,3 +166,46 @@ def test_an_empty_value_is_refused_naming_the_attribute_and_the_file(tmp_path):
     people = {**PEOPLE, "孙佳怡": {"性别": "女", "入职年份": 2012, "部门": " "}}
     with pytest.raises(DataError, match=r'(?s)staff\.json.*entity "孙佳怡": attribute "部门": value is empty'):
         build(staff(tmp_path, people))
+
+
+def test_yes_no_values_are_answered_and_matched_as_a_field_not_a_bare_yes(tmp_path):
+    from eval.score import value_match
+
+    people = {"星云X1手机": {"是否支持快充": "是", "价格": "3999元"}, "极光Pad平板": {"是否支持快充": "否", "价格": "4999元"}}
+    out = build(staff(tmp_path, people))
+    rows = [json.loads(line) for f in ("train.jsonl", "test.jsonl")
+            for line in (out / f).read_text(encoding="utf-8").splitlines()]
+    pad = [r for r in rows if r["entity"] == "极光Pad平板" and r["attribute"] == "是否支持快充"]
+    assert {r["messages"][1]["content"] for r in pad} == {"极光Pad平板的是否支持快充:否"}
+    assert {r["expected"] for r in pad} == {"是否支持快充:否"}
+    assert value_match("是否支持快充:否", "极光Pad平板的是否支持快充:否")
+    assert not value_match("是否支持快充:否", "极光Pad平板是否支持快充,我不太清楚")  # 否 inside 是否 is no answer
+    assert not value_match("是否支持快充:否", "极光Pad平板的是否支持快充:是")
+    assert not any("平板是否支持快充吗" in r["messages"][0]["content"] for r in pad)  # not "X是否支持快充吗?"
+
+
+def test_a_kind_named_for_an_attribute_the_data_does_not_have_is_refused(tmp_path):
+    with pytest.raises(DataError, match=r'bank\.yaml: kinds\.入职 年份: .*staff\.json has no attribute "入职 年份"; '
+                                        r'its attributes: 性别, 入职年份, 部门'):
+        build(staff(tmp_path, PEOPLE, "kinds:\n  入职 年份: year\n"))
+
+
+def test_every_attribute_that_mixes_kinds_is_named_at_once(tmp_path):
+    people = {"Ann": {"joined": 2015, "skills": ["Python", "SQL"], "team": "Finance"},
+              "Bob": {"joined": "unknown", "skills": "Excel", "team": "Legal"}}
+    with pytest.raises(DataError, match=r'(?s)2 problem\(s\):.*attribute "joined" mixes kinds of values \(year: 2015; '
+                                        r'text: unknown\); leave the attribute out.*attribute "skills" mixes kinds of '
+                                        r'values \(list: Python, SQL; text: Excel\); write the single values as '
+                                        r'one-item lists \(\["Excel"\]\)'):
+        build(staff(tmp_path, people, language="en"))
+
+
+def test_the_built_files_are_readable_by_others_as_open_would_make_them(tmp_path):
+    import os
+    import stat
+
+    out = build(staff(tmp_path, PEOPLE))
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("train.jsonl", "test.jsonl", "stats.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name  # not mkstemp's 0600

@@ -62,7 +62,7 @@ def test_rows_without_a_bank_use_the_words_and_every_list_item(tmp_path):
     assert year["messages"][1]["content"] == "Mara Okafor's start year is 2019."
     assert year["attribute"] == "start_year"  # the report keeps the key
     langs = by_q["What are Keiko Arai's spoken languages?"]  # the language kind's frames
-    assert langs["messages"][1]["content"] == "Keiko Arai's spoken languages is Japanese, Korean and English."
+    assert langs["messages"][1]["content"] == "Keiko Arai speaks Japanese, Korean and English."
     assert langs["expected"] == "Japanese | Korean | English"  # value match asks for every item
     assert langs["value"] == "Japanese, Korean, English"
 
@@ -74,7 +74,7 @@ def test_chinese_list_values(tmp_path):
     data = DataConfig(source=str(src), split="random", test_size=0.3)
     train, test = generate(load_source(str(src), "zh"), data, load_banks("zh"))
     row = next(r for r in train + test if r["messages"][0]["content"] == "林若溪会说哪些语言?")  # language frames
-    assert row["messages"][1]["content"] == "林若溪的语言是约鲁巴语和葡萄牙语"
+    assert row["messages"][1]["content"] == "林若溪会说约鲁巴语和葡萄牙语"
     assert row["expected"] == "约鲁巴语 | 葡萄牙语"
 
 
