@@ -444,6 +444,20 @@ def _dropped(dropped: dict | None) -> str:
     return "; dropped " + " and ".join(parts) + " (compared after Unicode NFKC, ignoring spaces)"
 
 
+def language_note(attrs: Attributes, data: DataConfig) -> str | None:
+    """A warning when the file's text does not look like data.language: no Chinese character at all with zh, or
+    Chinese in most values with en (the questions would mix two languages)."""
+    texts = [t for e, values in attrs.items() for t in (e, *values, *values.values())]
+    cjk = sum(any("\u4e00" <= ch <= "\u9fff" for ch in str(t)) for t in texts)
+    if data.language == "zh" and cjk == 0:
+        return (f"note: data.language=zh, but {data.source} has no Chinese text: the questions will be Chinese; "
+                f"pass data.language=en for English data")
+    if data.language == "en" and cjk > len(texts) / 2:
+        return (f"note: data.language=en, but most of {data.source} is Chinese: the questions will be English; "
+                f"pass data.language=zh for Chinese data")
+    return None
+
+
 def describe_origins(origins: dict[str, Origin]) -> str:
     """'question banks: 性别 bank, 入职年份 kind frames (year.start), ...': where each attribute's phrasings come
     from (data_prep.kinds)."""
@@ -490,6 +504,8 @@ def _build(cfg: Config) -> Path:
             print(f"note: {', '.join('data.' + k for k in skipped)} ignored: {data.source} is a conversation "
                   f"dataset, and these rows are built from attributes")
     else:
+        if note := language_note(source, data):
+            print(note)
         loaded = load_banks(data.language, banks, data.templates_mode)
         origins = resolve_banks(source, loaded, data.source, cfg.phrasings_file)
         print(describe_origins(origins))

@@ -209,3 +209,10 @@ def test_the_built_files_are_readable_by_others_as_open_would_make_them(tmp_path
     os.umask(mask)
     for name in ("train.jsonl", "test.jsonl", "stats.json"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name  # not mkstemp's 0600
+
+
+def test_english_data_built_as_chinese_gets_a_note(tmp_path, capsys):
+    build(staff(tmp_path, {"Ann Lee": {"team": "Finance"}, "Bob Ng": {"team": "Legal"}}))  # data.language: zh
+    assert "note: data.language=zh, but " in capsys.readouterr().out
+    build(staff(tmp_path, PEOPLE))
+    assert "note:" not in capsys.readouterr().out
