@@ -219,10 +219,13 @@ def attributes_from_json(raw: object, path: Path, language: str) -> Attributes:
             elif isinstance(value, dict):
                 errors.append(f"{at}: nested objects are not supported; flatten it to \"{attr}\": \"value\"")
             elif (v := _value_text(value, language)) is None:
+                hint = ("; write yes/no or 是/否 as text" if isinstance(value, bool) else
+                        "; an item of the list is empty" if isinstance(value, list) and value else "")
                 errors.append(f"{at}: value must be a string, a number or a non-empty list of strings, "
-                              f"got {json.dumps(value, ensure_ascii=False)}")
+                              f"got {json.dumps(value, ensure_ascii=False)}{hint}")
             elif not v:
-                errors.append(f"{at}: value is empty")
+                errors.append(f"{at}: value is empty; leave the attribute out for this entity (an empty table cell "
+                              f"means the same)")
             else:
                 out[entity.strip()][attr.strip()] = v
     _raise(str(path), errors)

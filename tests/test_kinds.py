@@ -216,3 +216,18 @@ def test_english_data_built_as_chinese_gets_a_note(tmp_path, capsys):
     assert "note: data.language=zh, but " in capsys.readouterr().out
     build(staff(tmp_path, PEOPLE))
     assert "note:" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value, message", [
+    ('""', r'attribute "部门": value is empty; leave the attribute out for this entity \(an empty table cell means '
+           r'the same\)'),
+    ('["财务部", ""]', r'attribute "部门": value must be .*got \["财务部", ""\]; an item of the list is empty'),
+    ("true", r'attribute "部门": value must be .*got true; write yes/no or 是/否 as text'),
+])
+def test_a_json_value_that_cannot_be_read_says_how_to_write_it(tmp_path, value, message):
+    src = tmp_path / "staff.json"
+    src.write_text('{"林晓雯": {"部门": %s}}' % value, encoding="utf-8")
+    cfg = build_config({"model": {"name_or_path": "m"}, "data": {"source": str(src)},
+                        "output_dir": str(tmp_path / "run")})
+    with pytest.raises(DataError, match=message):
+        build(cfg)
