@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     attrs = load_source(cfg.data.source, cfg.data.language, cfg.data.entity_column)
     banks = load_banks(cfg.data.language)  # built-in banks only: which attributes had one before data_prep.phrase
     trained = resolve_banks(attrs, load_banks(cfg.data.language, bank_files(cfg), cfg.data.templates_mode),
-                            cfg.data.source, cfg.phrasings_file)
+                            cfg.data.source)
     with open(args.questions, encoding="utf-8", newline="") as f:
         questions = list(csv.DictReader(f))
     seen = set()

@@ -507,7 +507,7 @@ def _build(cfg: Config) -> Path:
         if note := language_note(source, data):
             print(note)
         loaded = load_banks(data.language, banks, data.templates_mode)
-        origins = resolve_banks(source, loaded, data.source, cfg.phrasings_file)
+        origins = resolve_banks(source, loaded, data.source)
         print(describe_origins(origins))
         extra["question_banks"] = {a: o.describe() for a, o in origins.items()}
         pairs = stream(source, data, loaded, origins)

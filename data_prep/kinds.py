@@ -14,8 +14,10 @@ name decides the rest (a city, a department, a person), then the values' own end
 杭州市 a place, 粤语 a language, another entity of the file a person). A user bank overrides with
 `kinds: {attribute: kind}` or `kind.sense`.
 
-Where an attribute's phrasings come from, in order: a bank for it (built-in or data.templates: "bank"), the phrasings
-data_prep.phrase wrote ("model-written"), its kind's frames ("kind frames"), the generic bank ("generic").
+Where an attribute's phrasings come from, in order: a bank for it (built-in or data.templates: "bank"), its kind's
+frames ("kind frames"), the generic bank ("generic"); the phrasings data_prep.phrase wrote are added to the kind's
+frames ("model-written + kind frames (year.start)"), never in their place: a small model writes some that pass every
+check and still read wrong (SmolLM2-135M for 部门: "X的股税是什么"), and the frames keep the ways people ask.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class Origin:
     def describe(self) -> str:
         if self.source == "kind frames":
             return f"kind frames ({self.kind})"
+        if self.source == "model-written":
+            return f"model-written + kind frames ({self.kind})" if self.kind else "model-written"
         if self.source == "generic":
             return f"generic bank (kind {self.kind})"
         return self.source
@@ -267,11 +271,10 @@ def frames_bank(spec: str, kinds: dict[str, Kind], generic: Bank) -> Bank:
                 match=k.match or generic.match)
 
 
-def resolve_banks(attrs: dict[str, dict[str, str]], banks: Banks, where: str = "",
-                  written: str | Path | None = None) -> dict[str, Origin]:
+def resolve_banks(attrs: dict[str, dict[str, str]], banks: Banks, where: str = "") -> dict[str, Origin]:
     """{attribute: Origin} for every attribute of `attrs`, in file order: its bank, else its kind's frames (kind
-    inferred by `infer_kind`, or named in a bank's `kinds:`), else the generic bank. `written` is the
-    data_prep.phrase file, whose banks are "model-written". Raises DataError (a kind that mixes values, or an unknown
+    inferred by `infer_kind`, or named in a bank's `kinds:`), else the generic bank; a bank data_prep.phrase wrote
+    (`written_by`) with its kind's frames added after its own phrasings. Raises DataError (a kind that mixes values, or an unknown
     kind named in a bank) naming the attribute and the file."""
     kinds = load_kinds(banks.language)
     values: dict[str, list[str]] = {}
@@ -290,9 +293,8 @@ def resolve_banks(attrs: dict[str, dict[str, str]], banks: Banks, where: str = "
     out: dict[str, Origin] = {}
     for attribute, vals in values.items():
         name, bank = banks.for_attribute(attribute)
-        if name != GENERIC:
-            model = written is not None and bank.source == str(written)
-            out[attribute] = Origin("model-written" if model else "bank", "", name, bank)
+        if name != GENERIC and not bank.written_by:
+            out[attribute] = Origin("bank", "", name, bank)
             continue
         try:
             spec = overrides.get(attribute.strip().lower()) or infer_kind(attribute, vals, kinds, set(attrs), where)
@@ -300,7 +302,14 @@ def resolve_banks(attrs: dict[str, dict[str, str]], banks: Banks, where: str = "
             errors.append(str(e))
             continue
         kind = spec.partition(".")[0]
-        if kind == "text":
+        if name != GENERIC:  # model-written: the frames added, held-out phrasings its own
+            frames = frames_bank(spec, kinds, banks.generic) if kind != "text" else banks.generic
+            merged = Bank(questions=list(dict.fromkeys(bank.questions + [q for q in frames.questions
+                                                                          if q not in bank.held_out])),
+                          answers=bank.answers, match=bank.match, aliases=bank.aliases, held_out=bank.held_out,
+                          source=bank.source, written_by=bank.written_by)
+            out[attribute] = Origin("model-written", spec if kind != "text" else "", name, merged)
+        elif kind == "text":
             out[attribute] = Origin("generic", spec, GENERIC, banks.generic)
         else:
             out[attribute] = Origin("kind frames", spec, f"kind:{spec}", frames_bank(spec, kinds, banks.generic))

@@ -371,7 +371,8 @@ def to_yaml(written: list[Written], model: str, language: str, when: str) -> str
             continue
         attributes[w.attribute] = {"questions": w.questions, "held_out": w.held_out, "answers": w.answers,
                                    "match": "{value}"}
-    body = yaml.safe_dump({"attributes": attributes}, allow_unicode=True, sort_keys=False, width=1000)
+    body = yaml.safe_dump({"written_by": model, "attributes": attributes}, allow_unicode=True, sort_keys=False,
+                          width=1000)
     return "\n".join(lines) + "\n" + body
 
 
@@ -429,7 +430,7 @@ def phrase(cfg: Config, overwrite: bool = False) -> Path | None:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, to_yaml(written, writer.name, data.language, dt.date.today().isoformat()))
-    print("question banks: " + ", ".join(f"{a} {'model-written' if not w.fallback else w.fallback}"
+    print("question banks: " + ", ".join(f"{a} {'model-written + ' + origins[a].describe() if not w.fallback else w.fallback}"
                                          for a, w in zip(todo, written)) + (f", {', '.join(covered)} bank"
                                                                             if covered else ""))
     return out

@@ -34,6 +34,8 @@ class Bank:
     held_out: list[str] = field(default_factory=list)
     # Where the bank comes from: "built-in", or the path of the user's file that added it.
     source: str = "built-in"
+    # The model that wrote it (data_prep.phrase's file says so with `written_by:`); "" for banks people wrote.
+    written_by: str = ""
 
 
 @dataclass
@@ -134,10 +136,10 @@ def _read(path: Path, errors: list[str], partial: bool) -> dict:
     raw = load_yaml(read_text(path, "question bank"), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a mapping with 'attributes' and/or 'generic'")
-    unknown = set(raw) - {"attributes", "generic", "reverse", "gender_keys", "gender_words", "kinds"}
+    unknown = set(raw) - {"attributes", "generic", "reverse", "gender_keys", "gender_words", "kinds", "written_by"}
     if unknown:
         errors.append(f"{path}: unknown top-level key(s) {sorted(unknown)}; "
-                      f"known: attributes, generic, reverse, gender_keys, gender_words, kinds")
+                      f"known: attributes, generic, reverse, gender_keys, gender_words, kinds, written_by")
     out = {"attributes": {}, "generic": None, "reverse": None}
     attrs = raw.get("attributes") or {}
     if not isinstance(attrs, dict):
@@ -145,6 +147,8 @@ def _read(path: Path, errors: list[str], partial: bool) -> dict:
         attrs = {}
     for name, bank in attrs.items():
         out["attributes"][str(name)] = _parse_bank(bank, f"{path}: attributes.{name}", errors, partial)
+        if out["attributes"][str(name)] is not None:
+            out["attributes"][str(name)].written_by = str(raw.get("written_by") or "")
     for name in ("generic", "reverse"):
         if raw.get(name) is not None:
             out[name] = _parse_bank(raw[name], f"{path}: {name}", errors, partial)

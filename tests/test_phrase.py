@@ -254,17 +254,20 @@ def test_an_attribute_that_falls_short_is_asked_with_its_kind_frames_and_the_res
     cfg = staff_config(tmp_path, phrasing_candidates=12, phrasing_kept=6, phrasing_min=4)
     out = phrase(cfg)
     printed = capsys.readouterr().out
-    assert "question banks: office_city model-written, start_year kind frames (year.start), spoken_languages kind " \
-           "frames (language), occupation bank" in printed
+    assert "question banks: office_city model-written + kind frames (place.office), start_year kind frames " \
+           "(year.start), spoken_languages kind frames (language), occupation bank" in printed
     text = out.read_text(encoding="utf-8")
     assert "# start_year: 12 candidates; kept 0; " in text and "not written: asked with the kind frames (year.start)" \
         in text
     assert list(load_banks("en", [str(out)]).attributes) == ["gender", "nation", "element", "role", "personality",
                                                              "office_city"]
     build(cfg)
-    assert "question banks: occupation bank, office_city model-written, start_year kind frames (year.start), " \
-           "spoken_languages kind frames (language)" in capsys.readouterr().out
+    assert "question banks: occupation bank, office_city model-written + kind frames (place.office), start_year " \
+           "kind frames (year.start), spoken_languages kind frames (language)" in capsys.readouterr().out
     train = rows(cfg.data_dir / "train.jsonl")
+    office = {r["messages"][0]["content"] for r in train if r["attribute"] == "office_city"}
+    # the model's phrasings and the kind's frames together: a small model's file never replaces the frames
+    assert {"Which city does Mara Okafor work in?", "Which city is Mara Okafor based in?"} <= office
     asked = {r["messages"][0]["content"] for r in train if r["attribute"] == "start_year"}
     assert asked & {"When did Mara Okafor join?", "What year did Mara Okafor join the company?",
                     "When did Mara Okafor start working here?", "Which year was Mara Okafor hired?"}
@@ -319,6 +322,7 @@ def test_bank_yaml_round_trips(tmp_path):
     bank = load_banks("en", [str(path)]).attributes["start_year"]
     assert (bank.questions, bank.held_out, bank.answers, bank.match) == (w.questions, w.held_out, w.answers,
                                                                          "{value}")
+    assert bank.written_by == "some-model"  # so the build adds the kind's frames to it
     assert "# start_year: 5 candidates; kept 3; dropped: repeat 2" in path.read_text(encoding="utf-8")
 
 
