@@ -66,7 +66,9 @@ PERSON = {"en": r"\b(?:the|this|that) (?:person|employee|individual)\b", "zh": r
 TEMPERATURE = 0.7  # sampling: lower writes fewer broken sentences, higher more varied ones (measured: bench/RESULTS.md)
 MARGIN = 2.0  # nats: how much more a kept question must make its own attribute's answer expected than any other's
 LENGTH = {"en": (3, 20), "zh": (4, 40)}  # words (en) or characters (zh) besides the placeholder
-PROBE = (16, 2)  # candidates sampled before writing, and how many must pass check_question to go on
+# Candidates sampled per attribute before writing, and how many must pass check_question; fewer for most attributes:
+# the model cannot write the data language (SmolLM2-135M in Chinese), and nothing is written.
+PROBE = (16, 2)
 FAMILY = 0.6  # two phrasings sharing this much of their words (or characters) are one family: the second is dropped
 
 
@@ -382,7 +384,7 @@ def phrase(cfg: Config, overwrite: bool = False) -> Path | None:
 
     An attribute for which the model writes fewer than data.phrasing_min usable phrasings is left out of the file
     (a comment says so) and asked with its kind's frames (data_prep/kinds.py); so is every attribute when a short
-    probe shows the model cannot write questions in the data language at all (PROBE)."""
+    probe shows the model cannot write usable questions in the data language for most of them (PROBE)."""
     from data_prep.kinds import resolve_banks
 
     data = cfg.data
@@ -404,10 +406,14 @@ def phrase(cfg: Config, overwrite: bool = False) -> Path | None:
     print(f"writing phrasings for {', '.join(todo)}" + (f" (with a bank already: {', '.join(covered)})" if covered else ""),
           flush=True)
     writer = Writer(cfg)
-    usable, asked = probe(writer, todo[0], source, banks, data.language)
-    if usable < min(PROBE[1], data.phrasing_min):
-        print(f"{writer.name} wrote {usable} usable {data.language} question(s) of {asked} in a probe (fewer than "
-              f"{min(PROBE[1], data.phrasing_min)}): it cannot write questions in this language, so nothing is written and "
+    need = min(PROBE[1], data.phrasing_min)
+    probed = {a: probe(writer, a, source, banks, data.language) for a in todo}
+    able = [a for a, (usable, _) in probed.items() if usable >= need]
+    if len(able) * 2 < len(todo):
+        print(f"{writer.name} wrote {need} or more usable {data.language} questions of {PROBE[0]} in a probe for "
+              f"{len(able)} of {len(todo)} attribute(s) ("
+              + ", ".join(f"{a} {usable}" for a, (usable, _) in probed.items())
+              + "): it cannot write questions in this language, so nothing is written and "
               + ", ".join(f"{a} is asked with the {origins[a].describe()}" for a in todo)
               + "; a bigger data.phrasing_model writes better ones", flush=True)
         return None

@@ -285,10 +285,10 @@ def test_a_model_that_cannot_write_the_language_writes_nothing_with_one_line(tmp
                         "output_dir": str(tmp_path / "run")})
     assert phrase(cfg) is None
     lines = [line for line in capsys.readouterr().out.splitlines() if "in a probe" in line]
-    assert lines == ["canned-model wrote 0 usable zh question(s) of 16 in a probe (fewer than 2): it cannot write "
-                     "questions in this language, so nothing is written and 入职年份 is asked with the kind frames "
-                     "(year.start), 部门 is asked with the kind frames (organisation.department); a bigger "
-                     "data.phrasing_model writes better ones"]
+    assert lines == ["canned-model wrote 2 or more usable zh questions of 16 in a probe for 0 of 2 attribute(s) "
+                     "(入职年份 0, 部门 0): it cannot write questions in this language, so nothing is written and "
+                     "入职年份 is asked with the kind frames (year.start), 部门 is asked with the kind frames "
+                     "(organisation.department); a bigger data.phrasing_model writes better ones"]
     assert not cfg.phrasings_file.exists()
 
 
