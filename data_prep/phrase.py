@@ -67,7 +67,8 @@ TEMPERATURE = 0.7  # sampling: lower writes fewer broken sentences, higher more 
 MARGIN = 2.0  # nats: how much more a kept question must make its own attribute's answer expected than any other's
 LENGTH = {"en": (3, 20), "zh": (4, 40)}  # words (en) or characters (zh) besides the placeholder
 # Candidates sampled per attribute before writing, and how many must pass check_question; fewer for most attributes:
-# the model cannot write the data language (SmolLM2-135M in Chinese), and nothing is written.
+# the model cannot write questions in the data language, and nothing is written. (SmolLM2-135M in Chinese passes it:
+# 12-37% of its candidates pass check_question, as in English; its Chinese fails later, at the specificity check.)
 PROBE = (16, 2)
 FAMILY = 0.6  # two phrasings sharing this much of their words (or characters) are one family: the second is dropped
 
@@ -409,6 +410,8 @@ def phrase(cfg: Config, overwrite: bool = False) -> Path | None:
     need = min(PROBE[1], data.phrasing_min)
     probed = {a: probe(writer, a, source, banks, data.language) for a in todo}
     able = [a for a, (usable, _) in probed.items() if usable >= need]
+    print(f"probe: usable questions of {PROBE[0]}: " + ", ".join(f"{a} {u}" for a, (u, _) in probed.items()),
+          flush=True)
     if len(able) * 2 < len(todo):
         print(f"{writer.name} wrote {need} or more usable {data.language} questions of {PROBE[0]} in a probe for "
               f"{len(able)} of {len(todo)} attribute(s) ("
