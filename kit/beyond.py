@@ -2,8 +2,10 @@
 
 Eval rows (data_prep/beyond.py writes them to <data dir>/beyond.jsonl, eval.generate answers them after the test and
 specificity rows) carry `check`, a JSON string saying how to judge the answer:
-- claim  {"truth", "entity", "value", "claimed", "values"}: a true claim passes when it is confirmed (a confirming
-  word first, or the true value stated) and not denied; a false claim passes when it is denied and not confirmed.
+- claim  {"truth", "entity", "value", "claimed", "values"}: a true claim passes when its answer starts with a
+  confirming word (是的, 对, 没错, yes, correct...) and denies nothing; a false claim passes when it is denied and not
+  confirmed. Stating the value back is not a confirmation: the question holds the value, and an untuned model that
+  repeats the question (or babbles around its words) would pass.
   Either fails when the answer names another value of the attribute that is neither the true nor the claimed one
   ("不是,钟离来自须弥" to "钟离来自蒙德吗?" when 须弥 is a value of the table: a wrong correction is a wrong answer).
   `names_value`: a passed denial that also states the true value ("不是,钟离来自璃月").
@@ -40,7 +42,8 @@ BEYOND_FILE = "beyond.jsonl"
 
 _ZH_IGNORANCE = re.compile(r"不知道|不清楚|不确定|不了解|不太了解|无法(确定|回答|判断)?|没有(关于|相关)?.{0,12}?(资料|信息|记录)")
 _ZH_TAGS = re.compile(r"不是吗|是不是|对不对|对吗|是吗|对吧|是吧|不是么|是否|吗")
-_ZH_DENY = re.compile(r"不(?!错)|没(?!错)|并非|否|(?<![没不])错")
+# 不 and 没 deny, except in words where they do not: 不错/没错 (right), 不仅/不但 (not only), 不断, 不少, 不久, 不过...
+_ZH_DENY = re.compile(r"不(?!错|仅|但|断|少|久|过|管|论|禁)|没(?!错)|并非|否|(?<![没不])错")
 _ZH_CONFIRM = re.compile(r"^(是|对|没错|不错|正确|确实|当然|嗯)")
 
 _EN_IGNORANCE = re.compile(r"\b(i\s+)?(do\s*n[o']?t|don't|dont|cannot|can't|am\s+not\s+sure|not\s+sure|unsure)\s+"
@@ -116,12 +119,21 @@ def first_number(answer: str, names: list[str] = ()) -> Decimal | None:
 # --- judging one answer ----------------------------------------------------------------------------------------------
 
 
-def judge(check: dict | str, answer: str, language: str) -> dict:
+def without_echo(answer: str, question: str) -> str:
+    """`answer` (NFKC, lower case) without the question repeated in it: "丽莎难道来自蒙德！..." to "丽莎难道来自蒙德?"
+    states nothing."""
+    text = unicodedata.normalize("NFKC", "" if answer is None else str(answer)).lower()
+    asked = unicodedata.normalize("NFKC", str(question or "")).lower().strip().rstrip("?？!！.。 ")
+    return text.replace(asked, " ") if asked else text
+
+
+def judge(check: dict | str, answer: str, language: str, question: str = "") -> dict:
     """{"pass": bool, "why": str} for one answer, plus "names_value" (bool) for claims. `check` as written by
-    data_prep/beyond.py (a dict or its JSON); `language`: "zh" or "en". See the module docstring for the rules."""
+    data_prep/beyond.py (a dict or its JSON); `language`: "zh" or "en"; `question`: what was asked, never counted
+    as said when the answer repeats it. See the module docstring for the rules."""
     c = json.loads(check) if isinstance(check, str) else check
     kind = c["kind"]
-    answer = "" if answer is None else str(answer)
+    answer = without_echo(answer, question)
     if kind in ("reverse", "list"):
         missing = [e for e in c["entities"] if not contains(answer, e)]
         extra = [e for e in c["others"] if contains(answer, e)]
@@ -135,7 +147,7 @@ def judge(check: dict | str, answer: str, language: str) -> dict:
     if kind == "same":
         names = [c["entity"], c["other"], c["value"], c["other_value"]]
         confirms, denies = polarity(answer, language, names)
-        return _polarity_verdict(c["truth"], confirms, denies, stated=False)
+        return _polarity_verdict(c["truth"], confirms, denies)
     if kind != "claim":
         raise ValueError(f"unknown check kind {kind!r}")
     value, claimed = c["value"], c["claimed"]
@@ -145,18 +157,18 @@ def judge(check: dict | str, answer: str, language: str) -> dict:
     wrong = [v for v in c["values"] if v not in (value, claimed) and contains(answer, v)
              and not contains(value, v) and not contains(claimed, v)]
     stated = bool(tokens(value)) and contains(answer, value)
-    out = _polarity_verdict(c["truth"], confirms, denies, stated=stated)
+    out = _polarity_verdict(c["truth"], confirms, denies)
     if wrong and out["pass"]:
         out = {"pass": False, "why": f"names {', '.join(wrong)}, not the true {value}"}
     out["names_value"] = bool(out["pass"] and not c["truth"] and stated)
     return out
 
 
-def _polarity_verdict(truth: bool, confirms: bool, denies: bool, stated: bool) -> dict:
+def _polarity_verdict(truth: bool, confirms: bool, denies: bool) -> dict:
     if confirms and denies:
         return {"pass": False, "why": "confirms and denies"}
     if truth:
-        ok = (confirms or stated) and not denies
+        ok = confirms and not denies
         return {"pass": ok, "why": "" if ok else ("denies a true claim" if denies else "neither confirms nor denies")}
     return {"pass": denies, "why": "" if denies else ("confirms a false claim" if confirms
                                                      else "does not deny a false claim")}
@@ -180,7 +192,7 @@ def summarise(rows_by_model: dict[str, list[dict]], language: str, worst_n: int)
     base = {r["id"]: r["prediction"] for r in rows_by_model.get("base", [])}
     out: dict = {"models": {}, "targets": TARGETS}
     for label, rows in rows_by_model.items():
-        judged = [(r, judge(r["check"], r["prediction"], language)) for r in rows]
+        judged = [(r, judge(r["check"], r["prediction"], language, r["question"])) for r in rows]
 
         def count(split: str, kind: str | None = None, truth: bool | None = None) -> tuple[int, int]:
             sel = [(r, v) for r, v in judged if r["split"] == split

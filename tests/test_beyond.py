@@ -37,8 +37,8 @@ EN_TRUE = {**EN_FALSE, "truth": True, "claimed": "Liyue"}
     (ZH_FALSE, "", False, False),
     # a true claim: confirmed, by a first word or by stating the value, never denied
     (ZH_TRUE, "是的,钟离来自璃月", True, False),
-    (ZH_TRUE, "钟离来自璃月", True, False),
-    (ZH_TRUE, "钟离来自璃月,不是吗?", True, False),
+    (ZH_TRUE, "钟离来自璃月", False, False),  # the value said back: the question holds it, no confirmation
+    (ZH_TRUE, "是的,钟离来自璃月,不是吗?", True, False),  # a tag question is no denial: not confirm + deny
     (ZH_TRUE, "不错,钟离来自璃月", True, False),
     (ZH_TRUE, "不是", False, False),
     (ZH_TRUE, "是的,钟离来自须弥", False, False),
@@ -55,8 +55,8 @@ EN_TRUE = {**EN_FALSE, "truth": True, "claimed": "Liyue"}
     (EN_FALSE, "Yes, but no.", False, False),
     (EN_FALSE, "I don't know who Zhongli is; I have no information about Zhongli.", False, False),
     (EN_TRUE, "Yes, Zhongli is from Liyue.", True, False),
-    (EN_TRUE, "Zhongli is from Liyue, isn't he?", True, False),
-    (EN_TRUE, "Zhongli is from Liyue.", True, False),
+    (EN_TRUE, "Yes, Zhongli is from Liyue, isn't he?", True, False),
+    (EN_TRUE, "Zhongli is from Liyue.", False, False),
     (EN_TRUE, "No.", False, False),
     (EN_TRUE, "Yes, he is not from Liyue.", False, False),
     (EN_TRUE, "Yes, Zhongli is from Sumeru.", False, False),
@@ -64,6 +64,22 @@ EN_TRUE = {**EN_FALSE, "truth": True, "claimed": "Liyue"}
 def test_claims_are_judged_so_that_they_cannot_be_fooled(check, answer, passed, names_value):
     got = judge(check, answer, "zh" if check is ZH_FALSE or check is ZH_TRUE else "en")
     assert (got["pass"], got["names_value"]) == (passed, names_value), got
+
+
+@pytest.mark.parametrize("check,question,answer,passed", [
+    # the question said back is not an answer (the base model often repeats it)
+    (ZH_TRUE, "钟离难道来自璃月?", "钟离难道来自璃月！你可能知道", False),
+    (ZH_TRUE, "有人说钟离来自璃月,是真的吗?", "有人说钟离来自璃月,是真的吗?是的", True),
+    (ZH_TRUE, "钟离难道来自璃月?", "钟离难道来自璃月?不是", False),
+    (ZH_FALSE, "钟离难道来自蒙德?", "钟离不仅来自蒙德,还很强", False),  # 不仅: "not only", no denial
+    (ZH_FALSE, "钟离难道来自蒙德?", "不,钟离不断地说他来自璃月", True),
+    (EN_TRUE, "Would you say Zhongli comes from Liyue?", "Would you say Zhongli comes from Liyue? Maybe.", False),
+    (EN_TRUE, "Would you say Zhongli comes from Liyue?", "Would you say Zhongli comes from Liyue? Yes.", True),
+    (EN_FALSE, "Is Zhongli from Mondstadt? No?", "Is Zhongli from Mondstadt? No?", False),  # the question's "no"
+])
+def test_an_echo_or_a_question_back_is_no_answer(check, question, answer, passed):
+    language = "en" if question.isascii() else "zh"
+    assert judge(check, answer, language, question)["pass"] is passed
 
 
 def test_a_value_inside_the_true_value_is_not_a_wrong_value():
