@@ -73,8 +73,13 @@ def polarity(answer: str, language: str, names: list[str] = ()) -> tuple[bool, b
     def cleaned(text: str) -> str:
         return tags.sub(" ", ignorance.sub(" ", text.replace("\u2019", "'")))
 
+    punctuation = " ,.!?:;，。！？、：；\"'“”"
     text = cleaned(_masked(answer, []))
-    head = text.lstrip(" ,.!?:;，。！？、：；\"'“”")
+    head = text.lstrip(punctuation)
+    if head.startswith(ECHO):  # "<the question>? Yes" confirms; "<the question>是一名..." goes on with the question
+        rest = head[1:]
+        head = rest.lstrip(punctuation) if rest[:1] and rest[:1] in punctuation.replace(" ", "") else ""
+    text = text.replace(ECHO, " ")
     return bool(confirm.match(head)), bool(deny.search(_masked(text, list(names))))
 
 
@@ -119,12 +124,15 @@ def first_number(answer: str, names: list[str] = ()) -> Decimal | None:
 # --- judging one answer ----------------------------------------------------------------------------------------------
 
 
+ECHO = "\x00"  # where the question stood in an answer that repeated it
+
+
 def without_echo(answer: str, question: str) -> str:
     """`answer` (NFKC, lower case) without the question repeated in it: "丽莎难道来自蒙德！..." to "丽莎难道来自蒙德?"
     states nothing."""
     text = unicodedata.normalize("NFKC", "" if answer is None else str(answer)).lower()
     asked = unicodedata.normalize("NFKC", str(question or "")).lower().strip().rstrip("?？!！.。 ")
-    return text.replace(asked, " ") if asked else text
+    return text.replace(asked, ECHO) if asked else text
 
 
 def judge(check: dict | str, answer: str, language: str, question: str = "") -> dict:

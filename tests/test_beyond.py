@@ -71,6 +71,7 @@ def test_claims_are_judged_so_that_they_cannot_be_fooled(check, answer, passed, 
     (ZH_TRUE, "钟离难道来自璃月?", "钟离难道来自璃月！你可能知道", False),
     (ZH_TRUE, "有人说钟离来自璃月,是真的吗?", "有人说钟离来自璃月,是真的吗?是的", True),
     (ZH_TRUE, "钟离难道来自璃月?", "钟离难道来自璃月?不是", False),
+    (ZH_TRUE, "钟离难道来自璃月?", "钟离难道来自璃月是一名献茧的名称", False),  # the question goes on: no 是 first
     (ZH_FALSE, "钟离难道来自蒙德?", "钟离不仅来自蒙德,还很强", False),  # 不仅: "not only", no denial
     (ZH_FALSE, "钟离难道来自蒙德?", "不,钟离不断地说他来自璃月", True),
     (EN_TRUE, "Would you say Zhongli comes from Liyue?", "Would you say Zhongli comes from Liyue? Maybe.", False),
