@@ -19,12 +19,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from data_prep import beyond
 from data_prep.sources import Attributes, Conversations, DataError, ListValue, is_hub, load_source, text_key
 from data_prep.templates import (REVERSE, Bank, Banks, bank_files, humanise, load_banks, render, spoken,
                                  template_id)
+from kit.beyond import BEYOND_FILE, CLAIM_BANK, COMPOSE_BANK
 from kit.config import Config, DataConfig, parse_args, run_main
 from kit.files import atomic_file, write_text_atomic
-from kit.beyond import BEYOND_FILE, CLAIM_BANK, COMPOSE_BANK
 from kit.specificity import is_reverse
 
 __all__ = ["DataError", "build", "ensure_built", "generate", "load_attributes", "main", "stream"]
@@ -137,8 +138,6 @@ def _beyond(attrs: Attributes, data: DataConfig, banks: Banks,
             test_entities: set[str]) -> Iterator[tuple[str, dict]]:
     """data.verify / data.compose train rows, then ("beyond", row): what eval asks beyond lookup (data_prep/beyond.py),
     the reverse questions included whether data.reverse trains them or not."""
-    from data_prep import beyond
-
     for row in beyond.train_rows(attrs, data, banks):
         yield "train", row
     reverse_test = (r for split, r in _reverse(attrs, data, banks, test_entities) if split == "test")
@@ -400,7 +399,6 @@ class Stats:
         if split == "train":
             self.rows["train_verify"] += claim
             self.rows["train_compose"] += compose
-        if split == "train":
             self.rows["train_multi_turn"] += r["turns"] > 1
             self.rows["train_unknown_entity"] += r["template"] == "unknown"
             self.rows["train_reverse"] += reverse
