@@ -61,7 +61,11 @@ def iter_eval_rows(cfg: Config) -> Iterator[dict]:
                                         cfg.eval.unknown_names)
         beyond = cfg.data_dir / BEYOND_FILE
         if cfg.eval.beyond and beyond.is_file():  # held-out claims, reverse and one-hop questions (kit/beyond.py)
-            yield from iter_jsonl(beyond)
+            taken: dict[str, int] = {}
+            for r in iter_jsonl(beyond):  # eval.max_rows caps each of their splits too
+                taken[r["split"]] = taken.get(r["split"], 0) + 1
+                if not cfg.eval.max_rows or taken[r["split"]] <= cfg.eval.max_rows:
+                    yield r
 
     it = rows()
     first = next(it, None)
