@@ -19,10 +19,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from data_prep import beyond
 from data_prep.kinds import Origin, resolve_banks
 from data_prep.sources import Attributes, Conversations, DataError, ListValue, is_hub, load_source, text_key
 from data_prep.templates import (REVERSE, Bank, Banks, bank_files, humanise, load_banks, render, spoken,
                                  template_id)
+from kit.beyond import BEYOND_FILE, CLAIM_BANK, COMPOSE_BANK
 from kit.config import Config, DataConfig, parse_args, run_main
 from kit.files import atomic_file, write_text_atomic
 from kit.specificity import is_reverse
@@ -134,11 +136,23 @@ def stream(attrs: Attributes, data: DataConfig, banks: Banks,
         yield from _reverse(attrs, data, banks, test_entities)
     for row in _unknown_entities(attrs, data, origins, held):
         yield "train", row
+    yield from _beyond(attrs, data, banks, test_entities)
+
+
+def _beyond(attrs: Attributes, data: DataConfig, banks: Banks,
+            test_entities: set[str]) -> Iterator[tuple[str, dict]]:
+    """data.verify / data.compose train rows, then ("beyond", row): what eval asks beyond lookup (data_prep/beyond.py),
+    the reverse questions included whether data.reverse trains them or not."""
+    for row in beyond.train_rows(attrs, data, banks):
+        yield "train", row
+    reverse_test = (r for split, r in _reverse(attrs, data, banks, test_entities) if split == "test")
+    for row in beyond.eval_rows(attrs, data, banks, reverse_test):
+        yield "beyond", row
 
 
 def generate(attrs: Attributes, data: DataConfig, banks: Banks) -> tuple[list[dict], list[dict]]:
     """(train rows, test rows) in memory: `stream` collected, for small sets and tests."""
-    out: dict[str, list[dict]] = {"train": [], "test": []}
+    out: dict[str, list[dict]] = {"train": [], "test": [], "beyond": []}
     for split, row in stream(attrs, data, banks):
         out[split].append(row)
     _check_not_empty(len(out["train"]), len(out["test"]), data)
@@ -360,6 +374,7 @@ def fingerprint(data: DataConfig, banks: list[str] | None = None) -> str:
         h.update(source.read_bytes())
     for path in [Path(__file__).parent / "templates" / f"{data.language}.yaml",
                  Path(__file__).parent / "templates" / "kinds" / f"{data.language}.yaml",
+                 Path(__file__).parent / "templates" / f"beyond_{data.language}.yaml",
                  *map(Path, data.templates if banks is None else banks)]:
         h.update(path.expanduser().read_bytes() if path.expanduser().is_file() else b"")
     # data_prep.phrase's settings change the rows only through the bank file it writes, hashed above
@@ -373,22 +388,31 @@ class Stats:
 
     def __init__(self) -> None:
         self.rows = {"train": 0, "test": 0, "train_multi_turn": 0, "train_unknown_entity": 0, "train_reverse": 0,
-                     "test_reverse": 0, "conversations": 0}
+                     "test_reverse": 0, "conversations": 0, "train_verify": 0, "train_compose": 0,
+                     "beyond": 0}
         self.per = {split: {"attribute": Counter(), "entity": Counter()} for split in ("train", "test")}
         self.per_fact = {"train": Counter(), "test": Counter()}
         self.facts: set[tuple[str, str]] = set()
+        self.beyond: Counter = Counter()
 
     def add(self, split: str, r: dict) -> None:
         self.rows[split] += 1
+        if split == "beyond":  # eval-only rows (beyond.jsonl): counted by kind, never a fact of the splits
+            self.beyond[r["split"]] += 1
+            return
         reverse = is_reverse(r["template"])
+        claim, compose = (r["template"].startswith(bank + "/") for bank in (CLAIM_BANK, COMPOSE_BANK))
         if split == "train":
+            self.rows["train_verify"] += claim
+            self.rows["train_compose"] += compose
             self.rows["train_multi_turn"] += r["turns"] > 1
             self.rows["train_unknown_entity"] += r["template"] == "unknown"
             self.rows["train_reverse"] += reverse
         else:
             self.rows["test_reverse"] += reverse
         self.rows["conversations"] += r["template"] == "conversation"
-        if r["turns"] == 1 and r["template"] != "unknown" and r["entity"] and not reverse:  # a single fact
+        if r["turns"] == 1 and r["template"] != "unknown" and r["entity"] and not (reverse or claim or compose):
+            # a single fact
             self.per[split]["attribute"][r["attribute"]] += 1
             self.per[split]["entity"][r["entity"]] += 1
             self.per_fact[split][(r["entity"], r["attribute"])] += 1
@@ -406,6 +430,7 @@ class Stats:
             "per_attribute": {s: dict(self.per[s]["attribute"]) for s in ("train", "test")},
             "per_entity": {s: dict(self.per[s]["entity"]) for s in ("train", "test")},
             "phrasings_per_fact": {s: phrasings(list(self.per_fact[s].values())) for s in ("train", "test")},
+            "beyond_eval_rows": {k: self.beyond[k] for k in ("verify", "reverse", "onehop")},
         }
 
 
@@ -418,10 +443,12 @@ def write_rows(out_dir: Path, pairs: Iterable[tuple[str, dict]], data: DataConfi
     leaves the old set untouched. The directory itself is never replaced, as data.output_dir may hold other
     files."""
     counted = Stats()
-    with atomic_file(out_dir / "train.jsonl") as train_tmp, atomic_file(out_dir / "test.jsonl") as test_tmp:
+    with atomic_file(out_dir / "train.jsonl") as train_tmp, atomic_file(out_dir / "test.jsonl") as test_tmp, \
+            atomic_file(out_dir / BEYOND_FILE) as beyond_tmp:
         with train_tmp.open("w", encoding="utf-8", newline="") as train, \
-                test_tmp.open("w", encoding="utf-8", newline="") as test:
-            files = {"train": train, "test": test}
+                test_tmp.open("w", encoding="utf-8", newline="") as test, \
+                beyond_tmp.open("w", encoding="utf-8", newline="") as beyond:
+            files = {"train": train, "test": test, "beyond": beyond}
             for split, row in pairs:
                 files[split].write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
                 counted.add(split, row)
@@ -471,6 +498,8 @@ def format_stats(s: dict) -> str:
              + (f"; reverse questions {s['rows']['train_reverse']} train / {s['rows']['test_reverse']} test"
                 if s["rows"]["train_reverse"] + s["rows"]["test_reverse"] else "")
              + (f"; {s['rows']['conversations']} conversations from data.source" if s["rows"]["conversations"] else "")
+             + "".join(f"; {s['rows'][k]} {k[6:]} rows" for k in ("train_verify", "train_compose")
+                       if s["rows"].get(k))
              + _dropped(s.get("conversations_dropped")),
              f"phrasings per fact: train {s['phrasings_per_fact']['train']}, test {s['phrasings_per_fact']['test']}",
              "per attribute (train/test): " + ", ".join(
@@ -499,7 +528,7 @@ def _build(cfg: Config) -> Path:
         train, test, dropped = conversation_rows(source, data)
         pairs: Iterable[tuple[str, dict]] = [*(("train", r) for r in train), *(("test", r) for r in test)]
         extra["conversations_dropped"] = dropped
-        skipped = [k for k in ("unknown_entities", "multi_turn", "reverse") if getattr(data, k)]
+        skipped = [k for k in ("unknown_entities", "multi_turn", "reverse", "verify", "compose") if getattr(data, k)]
         if skipped:  # they are built from attributes, which a conversation dataset does not have
             print(f"note: {', '.join('data.' + k for k in skipped)} ignored: {data.source} is a conversation "
                   f"dataset, and these rows are built from attributes")

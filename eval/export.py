@@ -190,9 +190,10 @@ class Writer:
 
 def test_rows(cfg: Config) -> list[dict]:
     from eval.generate import eval_rows
+    from kit.beyond import BEYOND_SPLITS
     from kit.specificity import SPECIFICITY_SPLITS
 
-    return [r for r in eval_rows(cfg) if r["split"] not in SPECIFICITY_SPLITS]
+    return [r for r in eval_rows(cfg) if r["split"] not in SPECIFICITY_SPLITS + BEYOND_SPLITS]
 
 
 def answer_with_kit(cfg: Config, model, tok, rows: list[dict]) -> list[str]:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from kit.beyond import BEYOND_FILE
 from kit.chat import final_answer, generation_prompt, opens_think
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import atomic_file, iter_jsonl, write_text_atomic
@@ -58,6 +59,13 @@ def iter_eval_rows(cfg: Config) -> Iterator[dict]:
             train = cfg.data_dir / "train.jsonl"
             yield from specificity_rows(lambda: iter_jsonl(train), cfg.data.language, cfg.eval.probe_file,
                                         cfg.eval.unknown_names)
+        beyond = cfg.data_dir / BEYOND_FILE
+        if cfg.eval.beyond and beyond.is_file():  # held-out claims, reverse and one-hop questions (kit/beyond.py)
+            taken: dict[str, int] = {}
+            for r in iter_jsonl(beyond):  # eval.max_rows caps each of their splits too
+                taken[r["split"]] = taken.get(r["split"], 0) + 1
+                if not cfg.eval.max_rows or taken[r["split"]] <= cfg.eval.max_rows:
+                    yield r
 
     it = rows()
     first = next(it, None)
@@ -279,7 +287,7 @@ def prediction_row(r: dict, raw: str, thinking: str, opened: bool = False) -> di
     return {"id": r["id"], "split": r["split"], "question": r["messages"][-2]["content"],
             "answer": r["messages"][-1]["content"], "prediction": pred, "raw_prediction": raw,
             "entity": r["entity"], "attribute": r["attribute"], "value": r["value"], "expected": r["expected"],
-            "template": r["template"]}
+            "template": r["template"], **({"check": r["check"]} if "check" in r else {})}
 
 
 def _shard(out: Path, rank: int) -> Path:

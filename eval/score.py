@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import iter_jsonl, read_text, temp_dir
+from kit.beyond import BEYOND_SPLITS
 from kit.specificity import SPECIFICITY_SPLITS, contains, is_reverse, tokens
 
 REQUIRED = ("question", "answer", "prediction")
@@ -376,6 +377,41 @@ def _specificity_markdown(sp: dict) -> list[str]:
     return lines
 
 
+def _beyond_markdown(b: dict) -> list[str]:
+    models = list(b["models"])
+    m = b["models"]
+    t = b["targets"]
+    first = m[models[0]]
+    lines = ["", "## Beyond lookup: claims, reverse and one-hop questions", "",
+             "Held-out phrasings (and, for comparisons, held-out entity pairs) never trained; kit/beyond.py says how "
+             "each answer is judged.", "", "| | rows | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    for label, key, rows_key in [
+            (f"verification: true claims confirmed (target {_pct(t['true_confirmed'])})", "true_confirmed",
+             "true_claims"),
+            (f"verification: false claims denied (target {_pct(t['false_denied'])})", "false_denied", "false_claims"),
+            ("verification: false claims denied with the true value named", "false_denied_naming_value",
+             "false_claims"),
+            ("verification: denials that name the true value", "denials_naming_value", None),
+            (f"reverse: value -> the one entity that has it (target {_pct(t['reverse'])})", "reverse", "reverse_rows"),
+            (f"one-hop, all (aim {_pct(t['onehop'])})", "onehop", "onehop_rows"),
+            ("one-hop: same value? (two entities)", "onehop_same", "onehop_same_rows"),
+            ("one-hop: every entity with a value", "onehop_list", "onehop_list_rows"),
+            ("one-hop: how many have a value", "onehop_count", "onehop_count_rows")]:
+        n = first[rows_key] if rows_key else "-"
+        lines.append(f"| {label} | {n} | " + " | ".join(_pct(m[x][key]) for x in models) + " |")
+    for label in models:
+        failed = m[label].get("failed") or {}
+        shown = [f for split in failed for f in failed[split]]
+        if not shown:
+            continue
+        lines += ["", f"### Failed beyond-lookup answers ({label}), with the base model's", "",
+                  "| kind | question | expected | answer | why | base answer |", "|---|---|---|---|---|---|"]
+        lines += [f"| {f['kind']} | {_md_escape(f['question'])} | {_md_escape(f['answer'][:60])} | "
+                  f"{_md_escape(f['prediction'][:80])} | {_md_escape(f['why'])} | {_md_escape(f['base'][:80])} |"
+                  for f in shown]
+    return lines
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -422,6 +458,10 @@ def markdown(summary: dict) -> str:
         lines += _specificity_markdown(summary["specificity"])
     elif "specificity_skipped" in summary:
         lines += ["", f"Specificity (leak, invention, drift): {summary['specificity_skipped']}."]
+    if "beyond" in summary:
+        lines += _beyond_markdown(summary["beyond"])
+    elif "beyond_skipped" in summary:
+        lines += ["", f"Beyond lookup (claims, reverse, one-hop): {summary['beyond_skipped']}."]
     sections = [("Per attribute", "per_attribute"), ("Per entity", "per_entity"), ("Per split", "per_split")]
     if any("per_direction" in summary["models"][m] for m in models):
         sections.insert(0, ("Per direction (reverse: the value asked, the entity answered)", "per_direction"))
@@ -585,16 +625,19 @@ def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None
         if predictions is None and path.is_file():  # the kit's own file: one cut short by a stop is not scored
             check_complete(cfg, path, _ids(path))
         loaded[label] = read_predictions(path)
-    counts = {label: sum(r.get("split") not in SPECIFICITY_SPLITS for r in rows) for label, rows in loaded.items()}
+    aside = SPECIFICITY_SPLITS + BEYOND_SPLITS  # scored by their own measures, not as test questions
+    counts = {label: sum(r.get("split") not in aside for r in rows) for label, rows in loaded.items()}
     if len(set(counts.values())) > 1:
         raise KitError(f"predictions to compare have different row counts {counts}; answer the same questions with "
                        f"each model (same eval.splits and eval.max_rows)")
     out = cfg.eval_dir if predictions is None else cfg.report_dir
     scorer = scorer or make_scorer(cfg)
     spec = {label: [r for r in rows if r.get("split") in SPECIFICITY_SPLITS] for label, rows in loaded.items()}
+    beyond = {label: [r for r in rows if r.get("split") in BEYOND_SPLITS and r.get("check")]
+              for label, rows in loaded.items()}
     scored = []
     for label in list(loaded):
-        scored += score_rows([r for r in loaded[label] if r.get("split") not in SPECIFICITY_SPLITS], scorer, label)
+        scored += score_rows([r for r in loaded[label] if r.get("split") not in aside], scorer, label)
         del loaded[label]  # the scored rows hold the text now; the rows as read go
     summary = summarise(scored, cfg, scorer, ", ".join(str(p) for p in models.values()))
     if any(spec.values()):
@@ -604,6 +647,15 @@ def _score(cfg: Config, predictions: Path | None, models: dict[str, Path] | None
         summary["specificity_skipped"] = ("not measured: the train rows carry no entity / value fields (a "
                                           "conversation dataset without them), so there are no trained names or "
                                           "values to look for")
+    if any(beyond.values()):
+        from kit.beyond import summarise as beyond_summary
+
+        summary["beyond"] = beyond_summary(beyond, cfg.data.language, cfg.eval.worst_n)
+    elif cfg.eval.beyond and predictions is None:
+        summary["beyond_skipped"] = ("not measured: no held-out claims, reverse or one-hop questions in "
+                                     f"{cfg.data_dir / 'beyond.jsonl'} (data_prep.build writes them from an attribute "
+                                     "file; a conversation dataset has no table to ask them from, and data built "
+                                     "before this kit version has no such file: rebuild it)")
     write_report(scored, summary, out)
     print(markdown(summary).split("## Per attribute")[0].split("\n### ")[0])
     return out

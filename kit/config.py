@@ -98,6 +98,11 @@ class DataConfig:
     # Also ask from value to entity ("谁的身份是往生堂客卿?" -> 钟离) for values only one entity has: models taught "A is
     # B" do not learn "B is A" (the reversal curse); eval reports these rows as their own group.
     reverse: bool = False
+    # Yes/no claims about each fact, true and false (a false value is another entity's value of the same attribute),
+    # answered "是的,..." / "不是,钟离来自璃月" (data_prep/beyond.py; phrasings in data_prep/templates/beyond_<language>.yaml).
+    verify: bool = False
+    # One-hop rows over the table, on train entity pairs only: "钟离和甘雨的国籍一样吗?", "哪些角色来自璃月?", "有几个...?".
+    compose: bool = False
     # Multi-turn conversations per entity (several Q/A about one entity), added to train.
     multi_turn: int = 0
     # Vary the answer wording between rows (False: one canonical answer per attribute, as in the tutorial).
@@ -220,6 +225,9 @@ class EvalConfig:
     specificity: bool = True
     probe_file: str | None = None
     unknown_names: int = 8
+    # Beyond lookup (kit/beyond.py): the base and the fine-tuned model also answer the held-out yes/no claims, reverse
+    # and one-hop questions data_prep.build writes to <data dir>/beyond.jsonl.
+    beyond: bool = True
     # eval.export: GGUF files written, into export_dir (default <output_dir>/gguf). f32..q5_1 by the kit's own writer
     # (eval/gguf.py); q3_k_m..iq4_nl by llama.cpp's quantizer (eval/quantize.py, needs llama-cpp-python), with the
     # run's importance matrix when export_imatrix is true (unless the name ends in -noimatrix); [auto]: the smallest

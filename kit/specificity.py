@@ -55,6 +55,15 @@ NOT_FACTS = ("unknown", "replay")  # train rows (`template`) that teach no fact
 REVERSE_BANK = "reverse"  # the question bank, and template-id prefix, of questions from value to entity
 
 
+CLAIM_BANK = "claim"  # template-id prefix of yes/no claim train rows (data.verify, kit/beyond.py)
+COMPOSE_BANK = "compose"  # template-id prefix of one-hop train rows (data.compose, kit/beyond.py)
+
+
+def is_beyond(template: str | None) -> bool:
+    """A claim or one-hop train row (data.verify, data.compose): not one fact asked on its own."""
+    return str(template or "").startswith((CLAIM_BANK + "/", COMPOSE_BANK + "/"))
+
+
 def is_reverse(template: str | None) -> bool:
     """A row asking from a value back to its entity (data.reverse): its template id is "reverse/<hash>"."""
     return str(template or "").startswith(REVERSE_BANK + "/")
@@ -113,7 +122,8 @@ def trained_strings(rows: Iterable[dict]) -> dict[str, dict[str, str]]:
     entities: dict[str, str] = {}
     values: dict[str, str] = {}
     for r in rows:
-        if r.get("turns", 1) != 1 or r.get("template") in NOT_FACTS or not r.get("entity"):
+        if (r.get("turns", 1) != 1 or r.get("template") in NOT_FACTS or not r.get("entity")
+                or is_beyond(r.get("template"))):
             continue
         entities.setdefault(normalise(r["entity"]), r["entity"])
         for text in (r.get("value") or "", *re.split(r"\s\|\s", r.get("expected") or "")):
@@ -207,7 +217,7 @@ def specificity_rows(train_rows: Iterable[dict] | Callable[[], Iterable[dict]], 
 
     def is_fact(r: dict) -> bool:
         return bool(r.get("turns", 1) == 1 and r.get("template") not in NOT_FACTS and r.get("entity")
-                    and r.get("value"))
+                    and r.get("value") and not is_beyond(r.get("template")))
 
     entities: set[str] = set()
     system = None

@@ -343,7 +343,9 @@ def test_predictions_carry_no_reasoning(rehearsal):
     run = rehearsal.run
     for name in ("predictions.jsonl", "predictions-base.jsonl"):
         rows = [json.loads(line) for line in (run / "eval" / name).read_text(encoding="utf-8").splitlines()]
-        assert len(rows) == 6 + 3 + 5  # test rows, everyday questions, questions about one unknown person
+        # test rows, everyday questions, questions about one unknown person, and eval.max_rows (6) of each split of
+        # the beyond-lookup questions (claims, reverse, one-hop)
+        assert len(rows) == 6 + 3 + 5 + 3 * 6
         assert {r["prediction"] for r in rows} == {ANSWER}
         assert {r["raw_prediction"] for r in rows} == {RAW}
     for path in sorted((run / "eval" / "artifacts").glob("*.jsonl")):
@@ -441,6 +443,7 @@ def test_predictions_cut_off_while_reasoning_are_empty_and_keep_their_raw_text(s
     from eval.generate import main as generate_main
 
     args = small_run(stand_in, tmp_path, f"eval.merged_dir={stand_in}", "eval.max_rows=2", "eval.specificity=false",
+                     "eval.beyond=false",
                      "eval.max_new_tokens=5")
     assert build_main(args) == 0 and generate_main(args) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()]

@@ -462,3 +462,4 @@ def test_a_tutorial_shaped_messages_file_trains_and_gets_a_report(tiny_model, ti
     report = (out / "summary.md").read_text("utf-8")
     assert "| value match | n/a | n/a |" in report
     assert "Specificity (leak, invention, drift): not measured" in report
+    assert "Beyond lookup (claims, reverse, one-hop): not measured" in report
