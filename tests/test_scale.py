@@ -126,9 +126,11 @@ def test_two_processes_answer_every_row_once_in_order(trained_adapter, tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     got = list(load_jsonl(cfg.eval_dir / "predictions.jsonl"))
     # 2 people x 2 attributes: 4 train phrasings each (16 rows), the 3 held-out ones (12); then the kit's 100
-    # everyday probes and 8 invented people (eval.unknown_names) x 2 attributes (16) for specificity.
-    assert [r["split"] for r in got] == ["train"] * 16 + ["test"] * 12 + ["probe"] * 100 + ["unknown"] * 16
+    # everyday probes and 8 invented people (eval.unknown_names) x 2 attributes (16) for specificity; then beyond
+    # lookup: 4 facts x 2 held-out claim phrasings x (true, false) (16) and the 2 nations asked back (性别 never is).
+    assert [r["split"] for r in got] == (["train"] * 16 + ["test"] * 12 + ["probe"] * 100 + ["unknown"] * 16
+                                         + ["verify"] * 16 + ["reverse"] * 2)
     data = [r["id"] for split in ("train", "test") for r in load_jsonl(cfg.data_dir / f"{split}.jsonl")]
     assert [r["id"] for r in got[:28]] == data
-    assert len({r["id"] for r in got}) == 144
+    assert len({r["id"] for r in got}) == 162
     assert not list(cfg.eval_dir.glob("*.rank*.jsonl"))
