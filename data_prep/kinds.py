@@ -36,8 +36,6 @@ __all__ = ["KINDS", "Kind", "Sense", "Origin", "infer_kind", "load_kinds", "reso
 KINDS_DIR = Path(__file__).parent / "templates" / "kinds"
 KINDS = ("date", "year", "number", "price", "duration", "place", "person", "organisation", "language", "list",
          "yes_no", "text")
-# Kinds the values alone decide; the others (and `text`) are told apart by the attribute's name.
-VALUE_KINDS = ("yes_no", "year", "date", "price", "duration", "number", "list", "text")
 MIN_FRAMES = 15  # frames per kind and language: as many as a bundled attribute's bank has (性别: 15)
 
 YES_NO = {"是", "否", "是的", "不是", "有", "无", "没有", "对", "不对", "yes", "no", "true", "false", "y", "n"}
@@ -162,7 +160,8 @@ def load_kinds(language: str) -> dict[str, Kind]:
 
 
 def value_kind(value: str) -> str:
-    """What one value is, from its text alone: one of VALUE_KINDS.
+    """What one value is, from its text alone: yes_no, year, date, price, duration, number, list or text (the kinds
+    the values decide; the others are told apart by the attribute's name).
 
     >>> [value_kind(v) for v in ("2019", "2019年", "3月14日", "¥3999", "2年", "18 months", "120cm", "是", "杭州")]
     ['year', 'year', 'date', 'price', 'duration', 'duration', 'number', 'yes_no', 'text']
@@ -203,16 +202,19 @@ def _cue_end(name: str, cues: list[str]) -> tuple[int, int]:
     return best
 
 
-def _by_name(name: str, kinds: dict[str, Kind], among: tuple[str, ...]) -> str | None:
-    found = {k: _cue_end(name, kinds[k].names) for k in among if k in kinds}
-    found = {k: v for k, v in found.items() if v[0] >= 0}
+def _last_cue(name: str, cues: dict[str, list[str]]) -> str | None:
+    """The key of `cues` whose cue is found last in `name` (the longer on a tie); None when none is."""
+    found = {key: _cue_end(name, words) for key, words in cues.items()}
+    found = {key: end for key, end in found.items() if end[0] >= 0}
     return max(found, key=found.get) if found else None
+
+
+def _by_name(name: str, kinds: dict[str, Kind], among: tuple[str, ...]) -> str | None:
+    return _last_cue(name, {k: kinds[k].names for k in among if k in kinds})
 
 
 def _sense(name: str, kind: Kind) -> str | None:
-    found = {s: _cue_end(name, sense.names) for s, sense in kind.senses.items()}
-    found = {s: v for s, v in found.items() if v[0] >= 0}
-    return max(found, key=found.get) if found else None
+    return _last_cue(name, {s: sense.names for s, sense in kind.senses.items()})
 
 
 def infer_kind(attribute: str, values: list[str], kinds: dict[str, Kind], entities: set[str] | None = None,

@@ -308,20 +308,11 @@ def specific(writer: Writer, templates: list[str], attribute: str, attrs: Attrib
 def write_for(writer: Writer, attribute: str, attrs: Attributes, banks: Banks, cfg: Config) -> Written:
     data = cfg.data
     language = data.language
-    values = list(dict.fromkeys(attrs[e][attribute] for e in attrs if attribute in attrs[e]))
-    examples = [spoken(v, language) for v in values[:2]]
     variants = max(1, min(8, data.phrasing_candidates // 12))
     per = -(-data.phrasing_candidates // variants)
-    replies = writer.sample(_prompts(attribute, examples, banks, language, variants), per)[:data.phrasing_candidates]
-    got = Written(attribute, candidates=len(replies))
-    passed: list[str] = []
-    for reply in replies:
-        template = _as_template(reply, language)
-        why = check_question(template, language, values, passed)
-        if why:
-            got.dropped[why] += 1
-        else:
-            passed.append(template)
+    values, replies, passed, dropped = _checked_candidates(writer, attribute, attrs, banks, language, variants, per,
+                                                           data.phrasing_candidates)
+    got = Written(attribute, candidates=len(replies), dropped=dropped)
     margins = specific(writer, passed, attribute, attrs, banks, language) if passed else []
     ranked = sorted((m, i) for i, m in enumerate(margins) if m > MARGIN)
     got.dropped["asks for another attribute"] += len(passed) - len(ranked)
@@ -446,17 +437,29 @@ def phrase(cfg: Config, overwrite: bool = False) -> Path | None:
 
 
 def probe(writer: Writer, attribute: str, attrs: Attributes, banks: Banks, language: str) -> tuple[int, int]:
-    """(usable, asked): how many of PROBE[0] candidate questions about `attribute` pass `check_question`; a model
-    that cannot write the data language (SmolLM2-135M in Chinese) writes almost none."""
+    """(usable, asked): how many of PROBE[0] candidate questions about `attribute` pass `check_question`."""
+    _, replies, passed, _ = _checked_candidates(writer, attribute, attrs, banks, language, 2, PROBE[0] // 2)
+    return len(passed), len(replies)
+
+
+def _checked_candidates(writer: Writer, attribute: str, attrs: Attributes, banks: Banks, language: str,
+                        variants: int, per: int, limit: int | None = None
+                        ) -> tuple[list[str], list[str], list[str], Counter]:
+    """(the attribute's values, the model's replies (at most `limit`), the templates that pass `check_question`, why
+    the others were dropped): `per` samples from each of `variants` few-shot prompts."""
     values = list(dict.fromkeys(attrs[e][attribute] for e in attrs if attribute in attrs[e]))
     examples = [spoken(v, language) for v in values[:2]]
-    replies = writer.sample(_prompts(attribute, examples, banks, language, 2), PROBE[0] // 2)
+    replies = writer.sample(_prompts(attribute, examples, banks, language, variants), per)[:limit]
     passed: list[str] = []
+    dropped: Counter = Counter()
     for reply in replies:
         template = _as_template(reply, language)
-        if not check_question(template, language, values, passed):
+        why = check_question(template, language, values, passed)
+        if why:
+            dropped[why] += 1
+        else:
             passed.append(template)
-    return len(passed), len(replies)
+    return values, replies, passed, dropped
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,7 +198,7 @@ def quantize(src: Path, dst: Path, fmt: str, imatrix_file: Path | None, n_thread
                 raise ExportError(f"llama.cpp's quantizer failed ({code}) writing {dst.name} from {src.name}:\n{tail}")
     finally:
         log.unlink(missing_ok=True)
-    dst.chmod(0o644)  # atomic_file's temp file is private (mkstemp); Ollama may read it as another user
+    dst.chmod(0o644)  # Ollama may read it as another user, whatever this process's umask
 
 
 @contextlib.contextmanager
