@@ -46,10 +46,25 @@ def run_main(main: typing.Callable[[list[str] | None], int]) -> None:
     import sys
 
     try:
-        sys.exit(main(None))
+        status = main(None)
     except KitError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    leave_process_group()
+    sys.exit(status)
+
+
+def leave_process_group() -> None:
+    """End torch.distributed's process group, if this process joined one (torchrun / accelerate launch).
+
+    Left to the interpreter's shutdown, gloo's worker threads can still hold tensors while Python is torn down, and a
+    rank dies with SIGABRT ("terminate called without an active exception") after its work is done (pytorch #190489;
+    torchtitan calls it the same way, after a successful run only: on an error another rank may still be waiting)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # never imports torch for the stages that do not use it
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -134,3 +134,17 @@ def test_two_processes_answer_every_row_once_in_order(trained_adapter, tmp_path)
     assert [r["id"] for r in got[:28]] == data
     assert len({r["id"] for r in got}) == 162
     assert not list(cfg.eval_dir.glob("*.rank*.jsonl"))
+
+
+def test_a_finished_process_leaves_its_process_group(tmp_path):
+    """Left to the interpreter's shutdown, gloo's threads can abort a rank that has finished its work (SIGABRT,
+    "terminate called without an active exception": CI, 2026-12-01); run_main ends the group first."""
+    import torch.distributed as dist
+
+    from kit.config import leave_process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    leave_process_group()
+    assert not dist.is_initialized()
+    leave_process_group()  # nothing to leave: no error
