@@ -25,7 +25,7 @@ from data_prep.sources import Attributes, Conversations, DataError, ListValue, i
 from data_prep.templates import (REVERSE, Bank, Banks, bank_files, humanise, load_banks, render, spoken,
                                  template_id)
 from kit.beyond import BEYOND_FILE, CLAIM_BANK, COMPOSE_BANK
-from kit.config import Config, DataConfig, parse_args, run_main
+from kit.config import VALIDATION_FILE, Config, DataConfig, parse_args, run_main
 from kit.files import atomic_file, write_text_atomic
 from kit.specificity import is_reverse
 
@@ -73,20 +73,23 @@ def _expected(bank: Bank, slots: dict[str, str], value: str) -> str:
     return render(bank.match, slots)
 
 
-def _held_out(bank: Bank, bank_name: str, attribute: str, test_size: float, seed: int) -> set[str]:
-    """Question templates kept for the test set, chosen per attribute (never per entity), so a held-out phrasing is
-    never seen in training with any entity: the bank's own `held_out` list when it has one."""
-    if bank.held_out:
-        return set(bank.held_out)
+def _held_out(bank: Bank, bank_name: str, attribute: str, test_size: float, seed: int,
+              validation_size: float = 0.0) -> tuple[set[str], set[str]]:
+    """(test, validation) question templates, chosen per attribute (never per entity), so a held-out phrasing is
+    never seen in training with any entity. Test: the bank's own `held_out` list when it has one. Validation is
+    drawn after test from the same shuffled order, so asking for one leaves the test questions as they were."""
     questions = bank.questions
-    n_test = max(1, round(len(questions) * test_size))
-    if n_test >= len(questions):
+    n_test = 0 if bank.held_out else max(1, round(len(questions) * test_size))
+    n_val = max(1, round(len(questions) * validation_size)) if validation_size else 0
+    if n_test + n_val >= len(questions):
+        asked = " and ".join(f"{n} out for {what}" for n, what in ((n_test, "test"), (n_val, "validation")) if n)
         raise DataError(f"question bank '{bank_name}' (attribute \"{attribute}\") has {len(questions)} phrasing(s): "
-                        f"too few to hold {n_test} out for test with data.test_size={test_size}; add phrasings "
-                        f"(data.templates) or use data.split=random")
+                        f"too few to hold {asked} with data.test_size={test_size}, data.validation_size="
+                        f"{validation_size}; add phrasings (data.templates) or use data.split=random")
     order = sorted(questions)
     _rng(seed, "held-out", attribute).shuffle(order)
-    return set(order[:n_test])
+    test = set(bank.held_out) if bank.held_out else set(order[:n_test])
+    return test, set(order[n_test:n_test + n_val])
 
 
 def stream(attrs: Attributes, data: DataConfig, banks: Banks,
@@ -111,7 +114,7 @@ def stream(attrs: Attributes, data: DataConfig, banks: Banks,
         if len(test_entities) == len(entities):
             test_entities.discard(max(entities, key=unit.get))
 
-    held: dict[str, set[str]] = {}
+    held: dict[str, tuple[set[str], set[str]]] = {}
     for entity in entities:
         gender = banks.gender_slots(attrs[entity])
         entity_train: list[dict] = []
@@ -121,8 +124,8 @@ def stream(attrs: Attributes, data: DataConfig, banks: Banks,
             expected = _expected(bank, slots, value)
             rng = _rng(seed, "fact", entity, attribute)
             if data.split == "phrasing" and attribute not in held:
-                held[attribute] = _held_out(bank, bank_name, attribute, data.test_size, seed)
-            rows = _phrasings(bank, bank_name, slots, data, rng, held.get(attribute, set()),
+                held[attribute] = _held_out(bank, bank_name, attribute, data.test_size, seed, data.validation_size)
+            rows = _phrasings(bank, bank_name, slots, data, rng, held.get(attribute, (set(), set())),
                               entity in test_entities, ("row", entity, attribute))
             for split, items in rows.items():
                 for item in items:
@@ -152,7 +155,7 @@ def _beyond(attrs: Attributes, data: DataConfig, banks: Banks,
 
 def generate(attrs: Attributes, data: DataConfig, banks: Banks) -> tuple[list[dict], list[dict]]:
     """(train rows, test rows) in memory: `stream` collected, for small sets and tests."""
-    out: dict[str, list[dict]] = {"train": [], "test": [], "beyond": []}
+    out: dict[str, list[dict]] = {"train": [], "test": [], "beyond": [], "validation": []}
     for split, row in stream(attrs, data, banks):
         out[split].append(row)
     _check_not_empty(len(out["train"]), len(out["test"]), data)
@@ -166,27 +169,30 @@ def _check_not_empty(n_train: int, n_test: int, data: DataConfig) -> None:
                         f"change data.test_size or add data")
 
 
-def _phrasings(bank, bank_name: str, slots: dict[str, str], data: DataConfig, rng: random.Random, held: set[str],
-               test_entity: bool, key: tuple[str, ...]) -> dict[str, list[dict]]:
-    """{"train": items, "test": items}: one question/answer per phrasing of `bank`, split by data.split (held-out
-    phrasings `held`, a test entity, or by hash of `key` and the question), at most data.max_train_phrasings in
-    train."""
-    rows: dict[str, list[dict]] = {"train": [], "test": []}
+def _phrasings(bank, bank_name: str, slots: dict[str, str], data: DataConfig, rng: random.Random,
+               held: tuple[set[str], set[str]], test_entity: bool, key: tuple[str, ...]) -> dict[str, list[dict]]:
+    """{"train": items, "test": items, "validation": items}: one question/answer per phrasing of `bank`, split by
+    data.split (held-out (test, validation) phrasings `held`, a test entity, or by hash of `key` and the question),
+    at most data.max_train_phrasings in train."""
+    rows: dict[str, list[dict]] = {"train": [], "test": [], "validation": []}
     seen: dict[str, str] = {}
+    test_held, validation_held = held
     for template in bank.questions + bank.held_out:
         question = render(template, slots)
         if data.split == "phrasing":
-            split = "test" if template in held else "train"
+            split = "test" if template in test_held else "validation" if template in validation_held else "train"
         elif data.split == "entity":
             split = "test" if test_entity else "train"
         else:
-            split = "test" if _unit(data.seed, *key, question) < data.test_size else "train"
+            unit = _unit(data.seed, *key, question)
+            split = ("test" if unit < data.test_size else
+                     "validation" if unit < data.test_size + data.validation_size else "train")
         # Two templates can render the same string (e.g. an empty honorific), or the same once full-width forms and
         # spaces are read alike (text_key): keep one, and never in both splits (train wins).
         same = text_key(question)
         if same in seen:
-            if seen[same] == "test" and split == "train":
-                rows["test"] = [r for r in rows["test"] if text_key(r["question"]) != same]
+            if seen[same] != "train" and split == "train":
+                rows[seen[same]] = [r for r in rows[seen[same]] if text_key(r["question"]) != same]
             else:
                 continue
         seen[same] = split
@@ -211,7 +217,9 @@ def _reverse(attrs: Attributes, data: DataConfig, banks: Banks,
             owners[normalise(value)].add(entity)
     bank = banks.reverse
     gender_keys = {k.lower() for k in banks.gender_keys}  # "who is an adult male?" has no single answer
-    held = _held_out(bank, REVERSE, REVERSE, data.test_size, data.seed) if data.split == "phrasing" else set()
+    # reverse questions are never validation rows: training checks what eval's recall measures
+    held = ((_held_out(bank, REVERSE, REVERSE, data.test_size, data.seed)[0], set()) if data.split == "phrasing"
+            else (set(), set()))
     for entity, values in attrs.items():
         gender = banks.gender_slots(values)
         for attribute, value in values.items():
@@ -223,11 +231,11 @@ def _reverse(attrs: Attributes, data: DataConfig, banks: Banks,
                               ("reverse", entity, attribute))
             for split, items in rows.items():
                 for item in items:
-                    yield split, _row(entity, attribute, value, render(bank.match, slots), item, data)
+                    yield "train" if split == "validation" else split, _row(entity, attribute, value, render(bank.match, slots), item, data)
 
 
 def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, origins: dict[str, Origin],
-                      held: dict[str, set[str]]) -> list[dict]:
+                      held: dict[str, tuple[set[str], set[str]]]) -> list[dict]:
     """data.unknown_entities invented people, each asked every attribute once, in a train phrasing, and answered
     "I don't know" (kit/specificity.py: the names are never the ones eval probes invention with)."""
     from kit.specificity import UNKNOWN_ANSWER, invented_names
@@ -240,7 +248,8 @@ def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, origin
         slots = _fact_slots(name, "", "", None, data.language)
         for attribute in attributes:
             bank = origins[attribute].bank
-            phrasings = [q for q in bank.questions if q not in held.get(attribute, ())]
+            test, validation = held.get(attribute, (set(), set()))
+            phrasings = [q for q in bank.questions if q not in test and q not in validation]
             template = _rng(data.seed, "unknown", name, attribute).choice(phrasings)
             item = {"question": render(template, {**slots, "attribute": humanise(attribute)}),
                     "answer": UNKNOWN_ANSWER[data.language].format(entity=name), "template": "unknown"}
@@ -389,7 +398,7 @@ class Stats:
     def __init__(self) -> None:
         self.rows = {"train": 0, "test": 0, "train_multi_turn": 0, "train_unknown_entity": 0, "train_reverse": 0,
                      "test_reverse": 0, "conversations": 0, "train_verify": 0, "train_compose": 0,
-                     "beyond": 0}
+                     "beyond": 0, "validation": 0}
         self.per = {split: {"attribute": Counter(), "entity": Counter()} for split in ("train", "test")}
         self.per_fact = {"train": Counter(), "test": Counter()}
         self.facts: set[tuple[str, str]] = set()
@@ -399,6 +408,8 @@ class Stats:
         self.rows[split] += 1
         if split == "beyond":  # eval-only rows (beyond.jsonl): counted by kind, never a fact of the splits
             self.beyond[r["split"]] += 1
+            return
+        if split == "validation":  # checked during training (sft.checks), never trained or reported by eval
             return
         reverse = is_reverse(r["template"])
         claim, compose = (r["template"].startswith(bank + "/") for bank in (CLAIM_BANK, COMPOSE_BANK))
@@ -444,15 +455,20 @@ def write_rows(out_dir: Path, pairs: Iterable[tuple[str, dict]], data: DataConfi
     files."""
     counted = Stats()
     with atomic_file(out_dir / "train.jsonl") as train_tmp, atomic_file(out_dir / "test.jsonl") as test_tmp, \
-            atomic_file(out_dir / BEYOND_FILE) as beyond_tmp:
+            atomic_file(out_dir / BEYOND_FILE) as beyond_tmp, \
+            atomic_file(out_dir / VALIDATION_FILE) as validation_tmp:
         with train_tmp.open("w", encoding="utf-8", newline="") as train, \
                 test_tmp.open("w", encoding="utf-8", newline="") as test, \
-                beyond_tmp.open("w", encoding="utf-8", newline="") as beyond:
-            files = {"train": train, "test": test, "beyond": beyond}
+                beyond_tmp.open("w", encoding="utf-8", newline="") as beyond, \
+                validation_tmp.open("w", encoding="utf-8", newline="") as validation:
+            files = {"train": train, "test": test, "beyond": beyond, "validation": validation}
             for split, row in pairs:
                 files[split].write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
                 counted.add(split, row)
         _check_not_empty(counted.rows["train"], counted.rows["test"], data)
+        if data.validation_size and not counted.rows["validation"]:
+            raise DataError(f"data.validation_size={data.validation_size} left the validation split empty; raise it, "
+                            f"or set it to 0 (no knowledge checks during training)")
         (out_dir / "stats.json").unlink(missing_ok=True)  # whole new files from here on: unmark the set first
     s = {**counted.result(), **extra}
     write_text_atomic(out_dir / "stats.json", json.dumps(s, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
@@ -494,7 +510,9 @@ def describe_origins(origins: dict[str, Origin]) -> str:
 def format_stats(s: dict) -> str:
     lines = [f"rows: {s['rows']['train']} train ({s['rows']['train_multi_turn']} multi-turn, "
              f"{s['rows']['train_unknown_entity']} about unknown people), "
-             f"{s['rows']['test']} test; {s['facts']} facts"
+             f"{s['rows']['test']} test"
+             + (f", {s['rows']['validation']} validation" if s["rows"].get("validation") else "")
+             + f"; {s['facts']} facts"
              + (f"; reverse questions {s['rows']['train_reverse']} train / {s['rows']['test_reverse']} test"
                 if s["rows"]["train_reverse"] + s["rows"]["test_reverse"] else "")
              + (f"; {s['rows']['conversations']} conversations from data.source" if s["rows"]["conversations"] else "")
@@ -525,6 +543,10 @@ def _build(cfg: Config) -> Path:
     source = load_source(data.source, data.language, data.entity_column)
     banks = bank_files(cfg, say=not isinstance(source, Conversations))
     if isinstance(source, Conversations):
+        if data.validation_size:
+            raise DataError(f"data.validation_size={data.validation_size}: {data.source} is a conversation dataset; "
+                            f"training checks value match on attribute rows (entity, attribute, value), which it "
+                            f"has none of. Set data.validation_size: 0 (and leave train.stop_at out)")
         train, test, dropped = conversation_rows(source, data)
         pairs: Iterable[tuple[str, dict]] = [*(("train", r) for r in train), *(("test", r) for r in test)]
         extra["conversations_dropped"] = dropped

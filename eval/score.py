@@ -13,14 +13,13 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import iter_jsonl, read_text, temp_dir
 from kit.beyond import BEYOND_SPLITS
-from kit.specificity import SPECIFICITY_SPLITS, contains, is_reverse, tokens
+from kit.specificity import SPECIFICITY_SPLITS, is_empty, is_reverse, value_match
 
 REQUIRED = ("question", "answer", "prediction")
 # bert-score's own defaults: lang -> (model, layer).
@@ -109,21 +108,6 @@ def _check_rows(path: Path, rows: list[dict], first: int) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Metrics
-
-
-def is_empty(text: str | float | None) -> bool:
-    """No answer: nothing, None, NaN (a blank cell as pandas reads it) or whitespace only."""
-    return text is None or (isinstance(text, float) and math.isnan(text)) or not str(text).strip()
-
-
-def value_match(expected: str, prediction: str | None) -> bool | None:
-    """Every part of the attribute's value (parts separated by " | ", in any order) is in the prediction, found as
-    kit.specificity.contains finds it: Latin-script words and numbers whole, CJK anywhere. None when there is no
-    value to look for; an empty prediction holds no value."""
-    parts = [p for p in re.split(r"\s\|\s", expected or "") if tokens(p)]
-    if not parts:
-        return None
-    return not is_empty(prediction) and all(contains(prediction, p) for p in parts)
 
 
 def encoder_for(cfg: Config) -> tuple[str, int | None, str]:

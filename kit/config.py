@@ -101,6 +101,11 @@ class DataConfig:
     # phrasing: same facts, unseen phrasings in test; random: random rows; entity: whole entities held out.
     split: Literal["phrasing", "random", "entity"] = "phrasing"
     test_size: float = 0.2
+    # A third split, validation.jsonl, that training checks itself against (sft.checks; never the test questions,
+    # or the checkpoint chosen on them would overstate the report). Like test: a share of each attribute's phrasings
+    # with data.split=phrasing (never in train or test with any entity), of the rows with data.split=random.
+    # 0: none.
+    validation_size: float = 0.0
     seed: int = 42
     # Where train.jsonl / test.jsonl / stats.json go; default: <output_dir>/data.
     output_dir: str | None = None
@@ -197,6 +202,18 @@ class TrainConfig:
     dataloader_num_workers: int = 0
     # Questions answered before and after training, printed at the end of the run.
     show_examples: int = 4
+    # Knowledge checks (sft/checks.py), when the data has a validation split (data.validation_size): the model
+    # answers the validation questions, `check_probes` everyday questions and train phrasings about `check_names`
+    # invented people, greedily, every epoch ("epoch") or every `check_steps` steps ("steps"); value match, leak
+    # and invention go to the console, loss.csv, loss.png and metrics.json.
+    check_strategy: Literal["no", "steps", "epoch"] = "epoch"
+    check_steps: int | None = None
+    check_probes: int = 24
+    check_names: int = 4
+    # Stop at the first check that reaches every bound, e.g. {value_match: 0.95, leak: 0.05, invention: 0.10}
+    # (value_match: at least; leak, invention: at most). When none does, the adapter kept is the check's nearest to
+    # them (sft.checks.best_check), not the last one. null: train the epochs asked for and keep the last.
+    stop_at: dict[str, float] | None = None
 
 
 @dataclass
@@ -274,6 +291,11 @@ class Config:
     @property
     def data_dir(self) -> Path:
         return Path(self.data.output_dir) if self.data.output_dir else self.out / "data"
+
+    @property
+    def validation_file(self) -> Path:
+        """The rows training checks itself against (data.validation_size; empty when it is 0)."""
+        return self.data_dir / VALIDATION_FILE
 
     @property
     def phrasings_file(self) -> Path:
@@ -370,6 +392,9 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is dict:
+        key, value = typing.get_args(tp)
+        return f"mapping of {_type_name(key)} to {_type_name(value)}"
     return {type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -386,6 +411,18 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
             if ok:
                 return True, v
         return False, value
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False, value
+        out_map = {}
+        key_type, value_type = typing.get_args(tp)
+        for k, item in value.items():
+            ok_key, k = _coerce(k, key_type)
+            ok, v = _coerce(item, value_type)
+            if not (ok_key and ok):
+                return False, value
+            out_map[k] = v
+        return True, out_map
     if origin is list:
         if not isinstance(value, list):
             return False, value
@@ -443,6 +480,7 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
         errors.append("model.name_or_path: required (hub id, local directory or .gguf file)")
     if not 0.0 < cfg.data.test_size < 1.0:
         errors.append(f"data.test_size: must be between 0 and 1 (exclusive), got {cfg.data.test_size}")
+    _check_knowledge_checks(cfg, errors)
     for name in ("r", "alpha"):
         if getattr(cfg.lora, name) <= 0:
             errors.append(f"lora.{name}: must be > 0, got {getattr(cfg.lora, name)}")
@@ -496,6 +534,48 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     if local and e.bertscore_layer is None:
         errors.append(f"eval.bertscore_layer: required when eval.bertscore_model is a local model "
                       f"({e.bertscore_model}); bert-score has no default layer for it (bert-base-chinese: 8)")
+
+
+VALIDATION_FILE = "validation.jsonl"
+STOP_AT_KEYS = {"value_match": "at least", "leak": "at most", "invention": "at most"}
+
+
+def _check_knowledge_checks(cfg: Config, errors: list[str]) -> None:
+    d, t = cfg.data, cfg.train
+    if not 0.0 <= d.validation_size < 1.0 or d.test_size + d.validation_size >= 1.0:
+        errors.append(f"data.validation_size: a share in [0, 1) that leaves rows for train next to data.test_size "
+                      f"({d.test_size}), got {d.validation_size}")
+    if d.validation_size and d.split == "entity":
+        errors.append("data.validation_size: needs data.split=phrasing or random (a held-out entity cannot be known: "
+                      "checking it would only stop training late)")
+    if t.check_strategy == "steps" and not t.check_steps:
+        errors.append("train.check_steps: required when train.check_strategy is 'steps'")
+    from kit.specificity import CHECK_NAMES, check_questions
+
+    for name, available in (("check_probes", len(check_questions(d.language))), ("check_names",
+                                                                                len(CHECK_NAMES[d.language]))):
+        if not 0 <= getattr(t, name) <= available:
+            errors.append(f"train.{name}: the {d.language} set has {available}; use 0 to {available}, got "
+                          f"{getattr(t, name)}")
+    if t.stop_at is None:
+        return
+    for key, bound in t.stop_at.items():
+        if key not in STOP_AT_KEYS:
+            hint = "; value match is called value_match" if key in {"recall", "accuracy"} else \
+                _did_you_mean(key, list(STOP_AT_KEYS))
+            errors.append(f"train.stop_at.{key}: unknown measure{hint}")
+        elif not 0.0 <= bound <= 1.0:
+            errors.append(f"train.stop_at.{key}: a share in [0, 1] ({STOP_AT_KEYS[key]}), got {bound}")
+    if "value_match" not in t.stop_at:
+        errors.append("train.stop_at: needs value_match (e.g. {value_match: 0.95, leak: 0.05})")
+    if not d.validation_size:
+        errors.append("train.stop_at: needs a validation split to check against; set data.validation_size (e.g. 0.1)")
+    if t.check_strategy == "no":
+        errors.append("train.stop_at: needs train.check_strategy epoch or steps (it is 'no')")
+    if "leak" in t.stop_at and not t.check_probes:
+        errors.append("train.stop_at.leak: needs everyday questions to measure leak; set train.check_probes > 0")
+    if "invention" in t.stop_at and not t.check_names:
+        errors.append("train.stop_at.invention: needs invented people to measure invention; set train.check_names > 0")
 
 
 def build_config(raw: Any, source: str = "<dict>") -> Config:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -45,6 +46,13 @@ TRAIN_NAMES = {
            "Grace Kim", "Omar Haddad", "Julia Novak", "Ethan Walsh", "Chloe Martin", "Ravi Sharma", "Anna Kowalski",
            "Peter Olsen", "Zoe Bennett", "Marco Bianchi", "Yuki Tanaka", "Lucas Moreau", "Amara Obi", "Henry Clark",
            "Ines Duarte", "Felix Wagner", "Maya Cohen"],
+}
+# Asked by training's knowledge checks (sft/checks.py) only: choosing when to stop on eval's or training's own names
+# would tune the figure eval reports.
+CHECK_NAMES = {
+    "zh": ["钱志远", "黎文静", "方国强", "邱雅婷", "夏明远", "石慧敏", "孔德华", "白若曦"],
+    "en": ["Nathan Price", "Leila Karimi", "Jonas Berg", "Camila Reyes", "Victor Hale", "Ingrid Solberg",
+           "Tariq Aziz", "Rosa Delgado"],
 }
 # What a model should say about someone it was never told about.
 UNKNOWN_ANSWER = {"zh": "我不知道{entity}是谁,没有关于{entity}的资料。",
@@ -95,13 +103,18 @@ def probe_questions(language: str, probe_file: str | None = None) -> list[str]:
     return read_questions(probe_file or PROBES / f"probe_{language}.txt", "probe file (eval.probe_file)")
 
 
+def check_questions(language: str) -> list[str]:
+    """The everyday questions training's knowledge checks ask for leak (never trained, never in eval's probes)."""
+    return read_questions(PROBES / f"check_{language}.txt", "knowledge-check questions")
+
+
 def replay_prompts(language: str) -> list[str]:
     return read_questions(PROBES / f"replay_{language}.txt", "replay prompts")
 
 
 def invented_names(language: str, n: int, entities: set[str], use: str) -> list[str]:
-    """The first n names of the list `use` ("probe" or "train") that are no entity of the data."""
-    names = (PROBE_NAMES if use == "probe" else TRAIN_NAMES)[language]
+    """The first n names of the list `use` ("probe", "train" or "check") that are no entity of the data."""
+    names = {"probe": PROBE_NAMES, "train": TRAIN_NAMES, "check": CHECK_NAMES}[use][language]
     taken = {normalise(e) for e in entities}
     free = [name for name in names if normalise(name) not in taken]
     if n > len(free):
@@ -177,6 +190,21 @@ def contains(text: str, needle: str) -> bool:
     return n > 0 and any(have[i:i + n] == want for i in range(len(have) - n + 1))
 
 
+def is_empty(text: str | float | None) -> bool:
+    """No answer: nothing, None, NaN (a blank cell as pandas reads it) or whitespace only."""
+    return text is None or (isinstance(text, float) and math.isnan(text)) or not str(text).strip()
+
+
+def value_match(expected: str, prediction: str | None) -> bool | None:
+    """Every part of the attribute's value (parts separated by " | ", in any order) is in the prediction, found as
+    kit.specificity.contains finds it: Latin-script words and numbers whole, CJK anywhere. None when there is no
+    value to look for; an empty prediction holds no value."""
+    parts = [p for p in re.split(r"\s\|\s", expected or "") if tokens(p)]
+    if not parts:
+        return None
+    return not is_empty(prediction) and all(contains(prediction, p) for p in parts)
+
+
 def _found(strings: dict[str, str], answer: str, *given: str) -> list[str]:
     return [text for text in strings.values() if contains(answer, text) and not any(contains(g, text) for g in given)]
 
@@ -205,13 +233,13 @@ def _row_id(*parts: str) -> str:
 
 
 def specificity_rows(train_rows: Iterable[dict] | Callable[[], Iterable[dict]], language: str,
-                     probe_file: str | None, n_names: int) -> list[dict]:
+                     probe_file: str | None, n_names: int, name_list: str = "probe") -> list[dict]:
     """The rows eval answers for leak (split "probe") and invention (split "unknown"), in the shape of data rows.
 
     Invention questions are the train phrasings themselves (one per attribute and name, picked by hash), with the
     entity's name replaced by an invented one, so they ask exactly what training taught, about nobody.
     `train_rows` may be a function returning a fresh iterator (e.g. over a large train.jsonl): the rows are then
-    read twice, one at a time, and never held."""
+    read twice, one at a time, and never held. `name_list`: which invented names (`invented_names`)."""
     def rows() -> Iterable[dict]:
         return train_rows() if callable(train_rows) else train_rows
 
@@ -236,7 +264,7 @@ def specificity_rows(train_rows: Iterable[dict] | Callable[[], Iterable[dict]], 
                 "turns": 1}
 
     out = [row("probe", q) for q in probe_questions(language, probe_file)]
-    names = invented_names(language, n_names, entities, "probe")
+    names = invented_names(language, n_names, entities, name_list)
     # For each (name, attribute): the train row with the smallest hash of (name, attribute, row id), kept as it
     # streams past (attributes in order of first appearance).
     picks: dict[str, dict[str, tuple[str, str, str, str]]] = {}

@@ -24,7 +24,8 @@ def smooth(values: list[float], weight: float = 0.6) -> list[float]:
 
 def plot_losses(history: list[dict], path: Path, x: str = "step", eval_enabled: bool = True,
                 title: str = "Training loss") -> None:
-    """Train and eval loss on shared axes, raw and smoothed; says so on the plot when there is no eval loss."""
+    """Train and eval loss on shared axes, raw and smoothed; says so on the plot when there is no eval loss. The
+    knowledge checks (sft/checks.py), when there are any, on a second axis: value match and leak, 0-100%."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,12 +44,28 @@ def plot_losses(history: list[dict], path: Path, x: str = "step", eval_enabled: 
     else:
         ax.text(0.98, 0.95, "no eval loss yet" if eval_enabled else "eval disabled (train.eval_strategy: no)",
                 transform=ax.transAxes, ha="right", va="top", color="gray")
+    checks = [h for h in history if h.get("check_value_match") not in (None, "")]
+    handles = []
+    if checks:
+        right = ax.twinx()
+        xs = [h[x] for h in checks]
+        for key, color, marker, label in (("check_value_match", "tab:green", "s", "value match, validation (%)"),
+                                          ("check_leak", "tab:red", "^", "leak, everyday questions (%)"),
+                                          ("check_invention", "tab:purple", "v", "invention, invented people (%)")):
+            ys = [100 * h[key] if h.get(key) not in (None, "") else float("nan") for h in checks]
+            if any(y == y for y in ys):  # a measure the checks took
+                handles += right.plot(xs, ys, color=color, marker=marker, linewidth=2 if key == "check_value_match"
+                                      else 1.5, label=label)
+        right.set_ylim(-2, 102)
+        right.set_ylabel("knowledge checks (%)")
     ax.set_xlabel(x)
     ax.set_ylabel("loss (answer tokens only)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    if train or evals:
-        ax.legend(loc="upper right" if evals else "center right")
+    if train or evals or handles:
+        lines, labels = ax.get_legend_handles_labels()
+        ax.legend(lines + handles, labels + [h.get_label() for h in handles],
+                  loc="upper right" if evals else "center right")
     fig.tight_layout()
     with atomic_file(path) as tmp:  # a viewer never opens half a PNG
         fig.savefig(tmp, format="png")
@@ -56,12 +73,13 @@ def plot_losses(history: list[dict], path: Path, x: str = "step", eval_enabled: 
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    keys = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm"]
+    keys = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "check_value_match", "check_leak",
+            "check_invention"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for h in history:
-        w.writerow({k: h.get(k, "") for k in keys})
+        w.writerow({k: "" if h.get(k) is None else h[k] for k in keys})
     write_text_atomic(path, buf.getvalue())
 
 
@@ -81,10 +99,11 @@ class LossPlotCallback(TrainerCallback):
     def history(self, state) -> list[dict]:
         rows = []
         for h in state.log_history:
-            if "loss" in h or "eval_loss" in h:
+            if "loss" in h or "eval_loss" in h or "check_value_match" in h:
                 rows.append({"step": h.get("step"), "epoch": h.get("epoch"), "loss": h.get("loss"),
                              "eval_loss": h.get("eval_loss"), "learning_rate": h.get("learning_rate"),
-                             "grad_norm": h.get("grad_norm")})
+                             "grad_norm": h.get("grad_norm"), "check_value_match": h.get("check_value_match"),
+                             "check_leak": h.get("check_leak"), "check_invention": h.get("check_invention")})
         return rows
 
     def _update(self, state, force: bool) -> None:
@@ -101,6 +120,14 @@ class LossPlotCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self._update(state, force="eval_loss" in (logs or {}))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # a knowledge check (sft/checks.py, which runs before this callback) has just been added: draw it now
+        if state.log_history and state.log_history[-1].get("check_value_match") is not None \
+                and state.log_history[-1].get("step") == state.global_step:
+            self._update(state, force=True)
+
+    on_epoch_end = on_step_end
 
     def on_train_end(self, args, state, control, **kwargs):
         self._update(state, force=True)

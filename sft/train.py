@@ -11,19 +11,20 @@ tokenizer), config.yaml (resolved), versions.json, metrics.json, loss.png and lo
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from contextlib import contextmanager
 from itertools import islice
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data_prep.build import ensure_built
-from kit.chat import final_answer, generation_prompt, opens_think
 from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
 from kit.files import atomic_dir, load_jsonl, write_text_atomic
 from kit.models import (choose_pad_token, cpu_has_bf16, load_model, load_tokenizer, pick_device, process_state,
-                        resolve, set_threads, unwrapped, versions)
+                        resolve, set_threads, versions)
+from sft.answers import answer, answering_attention
 from sft.callbacks import LossPlotCallback
+from sft.checks import BEST_DIR, KnowledgeChecks, checks_in, keep_best, knowledge_checks
 from sft.encode import audit, encode_file, encode_rows, token_counts, with_counts
 
 
@@ -64,7 +65,8 @@ def build_lora_config(lora: LoraConfig):
 
 # How the `train` section reaches trl.SFTConfig. Fields with the same name in both pass as they are; these are the
 # exceptions, written once: the kit's own fields, and those TRL takes under another name or form.
-KIT_ONLY_TRAIN_FIELDS = frozenset({"resume", "threads", "device", "precision", "show_examples", "share_prefix"})
+KIT_ONLY_TRAIN_FIELDS = frozenset({"resume", "threads", "device", "precision", "show_examples", "share_prefix",
+                                   "check_strategy", "check_steps", "check_probes", "check_names", "stop_at"})
 RENAMED_TRAIN_FIELDS = {
     "warmup_ratio": lambda v: {"warmup_steps": v},  # transformers 5: a float < 1 is a fraction of the total steps
     "group_by_length": lambda v: {"train_sampling_strategy": "group_by_length" if v else "random"},
@@ -122,7 +124,6 @@ def last_checkpoint(cfg: Config) -> str | None:
     """The newest complete checkpoint. Newer incomplete ones (a run killed while writing one) are removed, with a
     message, so neither the resumed run nor the Trainer's rotation ever reads them."""
     import re
-    import shutil
 
     ckpt_dir = cfg.checkpoints_dir
     if not ckpt_dir.is_dir():
@@ -196,43 +197,6 @@ def pick_examples(path: Path, n: int, scan: int = 10_000) -> list[dict]:
     return picked
 
 
-def answer(model, tok, rows: list[dict], max_new_tokens: int = 48, attention: str | None = None,
-           thinking: str = "none") -> list[str]:
-    """Greedy answers to rows whose last message is the one to answer (an assistant turn, dropped) or a question,
-    as the report reads them (kit.chat.final_answer with model.thinking `thinking`: no reasoning with "strip").
-    attention: the implementation to answer with, for this call only (see `answering_attention`)."""
-    from kit.generation import generate_batched
-
-    prompts = [generation_prompt(tok, r["messages"][:-1] if r["messages"][-1]["role"] == "assistant"
-                                 else r["messages"]) for r in rows]
-    with attention_for(model, attention):
-        raw = generate_batched(model, tok, prompts, batch_size=min(len(prompts), 128) or 1,
-                               max_new_tokens=max_new_tokens)
-    return [final_answer(a, thinking, opens_think(p)) for a, p in zip(raw, prompts)]
-
-
-def answering_attention(cfg: Config, training: str | None) -> str | None:
-    """SDPA for the answers a run writes (replay rows, before/after examples) when the kit, not the user, chose eager
-    for training: the same greedy answers (the quickstart's 80 replay answers: 80/80 identical), 25% sooner (19.4 s
-    -> 14.4 s on 2 cores; bench/RESULTS.md 2026-11-30)."""
-    return "sdpa" if training == "eager" and not cfg.model.attn_implementation else None
-
-
-@contextmanager
-def attention_for(model, attention: str | None):
-    """Run the block with `attention` as the model's attention implementation, then put the training one back."""
-    inner = unwrapped(model)
-    current = getattr(inner.config, "_attn_implementation", None)
-    if not attention or attention == current or (attention == "sdpa" and not getattr(inner, "_supports_sdpa", False)):
-        yield
-        return
-    inner.set_attn_implementation(attention)
-    try:
-        yield
-    finally:
-        inner.set_attn_implementation(current)
-
-
 def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path, attention: str | None = None) -> list[dict]:
     """data.replay general prompts (kit/probes/replay_<language>.txt) answered greedily by the base model, as train
     rows: self-distillation that keeps the model's behaviour outside the facts. Made once and kept in
@@ -292,6 +256,7 @@ class Run:
     device: str
     precision: str
     answer_attention: str | None  # what replay rows and examples are answered with (`answering_attention`)
+    checks: KnowledgeChecks | None  # the knowledge checks' callback, when the data has a validation split
 
 
 def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
@@ -334,6 +299,9 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     examples = pick_examples(data_dir / "test.jsonl", t.show_examples) if main else []
     before = (answer(model, tok, examples, attention=answer_attention, thinking=cfg.model.thinking)
               if examples and not resume_from else [])
+    checks = knowledge_checks(cfg, tok, data_dir / "train.jsonl", answer_attention, main)
+    if main and not resume_from:  # an earlier run's best adapter is never this run's
+        shutil.rmtree(cfg.checkpoints_dir / BEST_DIR, ignore_errors=True)
     trainer = trainer_class(t.share_prefix)(
         model=model,
         args=build_sft_config(cfg, device, precision),
@@ -341,11 +309,13 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
         eval_dataset=eval_enc,
         processing_class=tok,
         peft_config=build_lora_config(cfg.lora),
-        callbacks=[LossPlotCallback(cfg.out, eval_enabled=t.eval_strategy != "no"), *(callbacks or [])],
+        # the checks first: the loss plot draws a check the moment it is made
+        callbacks=[*([checks] if checks else []), LossPlotCallback(cfg.out, eval_enabled=t.eval_strategy != "no"),
+                   *(callbacks or [])],
     )
     choose_pad_token(tok)  # SFTTrainer falls back to eos when the tokenizer had no pad token; keep ours
     return Run(trainer, tok, train_enc, eval_enc, examples, before, resume_from, checkpoint_epoch(resume_from), device,
-               precision, answer_attention)
+               precision, answer_attention, checks)
 
 
 def train(cfg: Config, callbacks: list | None = None) -> Path:
@@ -374,6 +344,7 @@ def _train(cfg: Config, callbacks: list | None) -> Path:
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=run.resume_from)
     wall = time.perf_counter() - start
+    kept = keep_best(trainer, cfg) if run.checks else None
 
     adapter_dir = cfg.adapter_dir
     if trainer.is_world_process_zero():
@@ -383,6 +354,9 @@ def _train(cfg: Config, callbacks: list | None) -> Path:
     metrics = summarise(trainer, result, run.train_enc, wall, run.resume_epoch)
     if run.eval_enc:
         metrics["eval_loss"] = final_eval_loss(trainer)
+    if kept:
+        metrics["checks"] = [vars(c) for c in checks_in(trainer.state.log_history)]
+        metrics["kept"] = kept
     if trainer.is_world_process_zero():
         write_json(cfg.out / "metrics.json", metrics)
         if run.examples:
