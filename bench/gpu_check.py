@@ -118,7 +118,7 @@ def build_plan(args: argparse.Namespace) -> dict:
     return {
         "config": str(CONFIG.relative_to(ROOT)),
         "model": {"architecture": "Qwen2ForCausalLM", "dtype": "bfloat16", "weights": "random", **QWEN2_7B},
-        "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout,
+        "lora": {"r": cfg.lora.r, "lora_alpha": cfg.lora.lora_alpha, "lora_dropout": cfg.lora.lora_dropout,
                  "target_modules": cfg.lora.target_modules},
         "train": {"per_device_train_batch_size": t.per_device_train_batch_size,
                   "gradient_accumulation_steps": t.gradient_accumulation_steps, "max_length": t.max_length,

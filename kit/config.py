@@ -147,8 +147,9 @@ class DataConfig:
 @dataclass
 class LoraConfig:
     r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    # PEFT's names: the section becomes a peft.LoraConfig field by field (sft.train.build_lora_config).
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
     # "all-linear" or a list of module names, e.g. [q_proj, k_proj, v_proj, o_proj].
     target_modules: list[str] | str = "all-linear"
     bias: Literal["none", "all", "lora_only"] = "none"
@@ -453,6 +454,10 @@ def _did_you_mean(key: str, choices: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(choices))}"
 
 
+# Keys a YAML file of an earlier version may still hold: (section, old key) -> new key.
+RENAMED_KEYS = {("lora", "alpha"): "lora_alpha", ("lora", "dropout"): "lora_dropout"}
+
+
 def _build_section(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
     if raw is None:
         raw = {}
@@ -463,6 +468,11 @@ def _build_section(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
     names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
     kwargs = {}
     for key, value in raw.items():
+        if (where, key) in RENAMED_KEYS:
+            new = RENAMED_KEYS[(where, key)]
+            errors.append(f"{where}.{key}: renamed to {where}.{new}, {new}'s name in PEFT, TRL and litgpt; write "
+                          f"{new}: {value!r}")
+            continue
         if key not in names:
             errors.append(f"{where}.{key}: unknown key{_did_you_mean(str(key), names)}")
             continue
@@ -481,11 +491,11 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     if not 0.0 < cfg.data.test_size < 1.0:
         errors.append(f"data.test_size: must be between 0 and 1 (exclusive), got {cfg.data.test_size}")
     _check_knowledge_checks(cfg, errors)
-    for name in ("r", "alpha"):
+    for name in ("r", "lora_alpha"):
         if getattr(cfg.lora, name) <= 0:
             errors.append(f"lora.{name}: must be > 0, got {getattr(cfg.lora, name)}")
-    if not 0.0 <= cfg.lora.dropout < 1.0:
-        errors.append(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    if not 0.0 <= cfg.lora.lora_dropout < 1.0:
+        errors.append(f"lora.lora_dropout: must be in [0, 1), got {cfg.lora.lora_dropout}")
     t = cfg.train
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                  "max_length", "logging_steps"):

@@ -55,12 +55,12 @@ def training_attention(cfg: Config, device: str, precision: str) -> str | None:
 
 
 def build_lora_config(lora: LoraConfig):
-    """The one place the kit's `lora` section becomes a peft.LoraConfig."""
+    """The one place the kit's `lora` section becomes a peft.LoraConfig: field by field, under the same names."""
+    import dataclasses
+
     from peft import LoraConfig as PeftLoraConfig
 
-    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=lora.target_modules, bias=lora.bias, use_rslora=lora.use_rslora,
-                          task_type="CAUSAL_LM")
+    return PeftLoraConfig(**{f.name: getattr(lora, f.name) for f in dataclasses.fields(lora)}, task_type="CAUSAL_LM")
 
 
 # How the `train` section reaches trl.SFTConfig. Fields with the same name in both pass as they are; these are the

@@ -171,7 +171,7 @@ def tiny_run_config(model_dir, root: Path, bert=None, **eval_):
     return build_config({
         "model": {"name_or_path": str(model_dir)},
         "data": {"source": str(src), "max_train_phrasings": 4},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
         "train": {"max_steps": 12, "learning_rate": 2e-2, "eval_strategy": "no", "save_strategy": "no",
                   "logging_steps": 4, "show_examples": 0},
         "eval": e,

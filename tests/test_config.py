@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.config import ConfigError, Config, apply_overrides, build_config, load_config, load_yaml
+from kit.config import Config, ConfigError, KitError, apply_overrides, build_config, load_config, load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -100,7 +100,31 @@ def test_shipped_configs_build_real_trl_and_peft_objects(path):
     assert args.learning_rate == cfg.train.learning_rate
     assert args.gradient_checkpointing == cfg.train.gradient_checkpointing  # SFTConfig defaults it to True
     assert args.max_length == cfg.train.max_length
-    assert lora.r == cfg.lora.r and lora.lora_alpha == cfg.lora.alpha
+    assert lora.r == cfg.lora.r and lora.lora_alpha == cfg.lora.lora_alpha
+
+
+def test_every_lora_field_is_a_peft_lora_config_field():
+    """The lora section becomes peft.LoraConfig field by field (sft.train.build_lora_config): a field PEFT does not
+    have would fail there, one named otherwise would be set under the wrong name."""
+    import dataclasses
+
+    from peft import LoraConfig as PeftLoraConfig
+
+    from kit.config import LoraConfig as KitLoraConfig
+    from sft.train import build_lora_config
+
+    peft_fields = {f.name for f in dataclasses.fields(PeftLoraConfig)}
+    assert [f.name for f in dataclasses.fields(KitLoraConfig)] == ["r", "lora_alpha", "lora_dropout",
+                                                                   "target_modules", "bias", "use_rslora"]
+    assert {f.name for f in dataclasses.fields(KitLoraConfig)} <= peft_fields
+    lora = build_lora_config(KitLoraConfig(r=8, lora_alpha=24, lora_dropout=0.1, target_modules=["q_proj"]))
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, sorted(lora.target_modules)) == (8, 24, 0.1, ["q_proj"])
+
+
+def test_the_old_lora_keys_name_the_new_ones():
+    with pytest.raises(KitError, match=r"lora\.alpha: renamed to lora\.lora_alpha, lora_alpha's name in PEFT, TRL and "
+                                       r"litgpt; write lora_alpha: 32\n  lora\.dropout: renamed to lora\.lora_dropout"):
+        build_config({"model": {"name_or_path": "m"}, "lora": {"alpha": 32, "dropout": 0.0}})
 
 
 def test_every_train_field_reaches_sft_config_or_is_the_kits_own():

@@ -26,7 +26,7 @@ def write_cfg(tmp_path, model, bert):
     cfg.write_text(f"""
 model: {{name_or_path: "{model}"}}
 data: {{source: "{src}", max_train_phrasings: 3}}
-lora: {{r: 4, alpha: 8, dropout: 0.0}}
+lora: {{r: 4, lora_alpha: 8, lora_dropout: 0.0}}
 train: {{max_steps: 4, learning_rate: 1.0e-2, eval_strategy: epoch, save_strategy: "no", logging_steps: 2,
         show_examples: 2}}
 eval: {{batch_size: 8, max_new_tokens: 8, bertscore_model: "{bert}", bertscore_layer: 2, merge_dtype: float32}}

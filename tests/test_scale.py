@@ -72,7 +72,7 @@ def two_proc_cfg(root: Path, model, per_device: int, max_steps: int = 4, out: st
     return build_config({
         "model": {"name_or_path": str(model)},
         "data": {"source": str(src), "max_train_phrasings": 4},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
         "train": {"max_steps": max_steps, "learning_rate": 1e-2, "per_device_train_batch_size": per_device,
                   "eval_strategy": "no", "save_strategy": "steps", "save_steps": 2, "logging_steps": 1,
                   "show_examples": 2, "seed": 3,

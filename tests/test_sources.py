@@ -446,7 +446,7 @@ def test_a_tutorial_shaped_messages_file_trains_and_gets_a_report(tiny_model, ti
     cfg = build_config({
         "model": {"name_or_path": str(tiny_model)},
         "data": {"source": str(src), "test_size": 0.34},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
         "train": {"max_steps": 2, "learning_rate": 1e-2, "eval_strategy": "no", "save_strategy": "no",
                   "logging_steps": 1, "show_examples": 0},
         "eval": {"merge_dtype": "float32", "batch_size": 4, "max_new_tokens": 6, "bertscore_model": str(tiny_bert),

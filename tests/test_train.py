@@ -24,7 +24,7 @@ def tiny_cfg(model_dir, tmp_path, **train):
     t.update(train)
     return build_config({"model": {"name_or_path": str(model_dir)},
                          "data": {"source": str(src), "max_train_phrasings": 4},
-                         "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "train": t,
+                         "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}, "train": t,
                          "output_dir": str(tmp_path / "run")})
 
 
