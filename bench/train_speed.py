@@ -47,7 +47,7 @@ def tutorial_cfg(cfg):
     train = replace(cfg.train, per_device_train_batch_size=2, gradient_accumulation_steps=8,
                     gradient_checkpointing=True, precision="bf16", learning_rate=5e-5, lr_scheduler_type="cosine",
                     eval_strategy="no", save_strategy="no", group_by_length=False, packing=False)
-    lora = replace(cfg.lora, r=32, alpha=64, dropout=0.05,
+    lora = replace(cfg.lora, r=32, lora_alpha=64, lora_dropout=0.05,
                    # TRL 1.16 refuses a LoRA on lm_head (its fused head reads lm_head.weight directly), so the
                    # tutorial's lm_head target is dropped; SmolLM2 ties lm_head to embed_tokens, which is kept.
                    target_modules=["embed_tokens", "q_proj", "k_proj", "v_proj", "o_proj"])
