@@ -106,7 +106,7 @@ def load_beyond(language: str) -> BeyondBank:
                       list=phrasings(raw.get("list"), "list", ("answer",)),
                       count=phrasings(raw.get("count"), "count", ("answer",)))
     if errors:
-        raise ConfigError("beyond-lookup phrasings: " + f"{len(errors)} problem(s):\n  " + "\n  ".join(errors))
+        raise ConfigError.of("beyond-lookup phrasings", errors)
     return bank
 
 

@@ -151,7 +151,7 @@ def load_kinds(language: str) -> dict[str, Kind]:
     if unknown:
         errors.append(f"{path}: unknown kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
     if errors:
-        raise ConfigError(f"kind frames: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
+        raise ConfigError.of("kind frames", errors)
     return out
 
 
@@ -316,6 +316,5 @@ def resolve_banks(attrs: dict[str, dict[str, str]], banks: Banks, where: str = "
         else:
             out[attribute] = Origin("kind frames", spec, f"kind:{spec}", frames_bank(spec, kinds, banks.generic))
     if errors:
-        raise DataError(errors[0] if len(errors) == 1 else
-                        f"question banks: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
+        raise DataError(errors[0]) if len(errors) == 1 else DataError.of("question banks", errors)
     return out

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from kit.config import KitError
+from kit.errors import DataError
 from kit.files import read_text
 
 Attributes = dict[str, dict[str, str]]
@@ -39,14 +39,9 @@ TABLES = (".csv", ".tsv", ".xlsx", ".jsonl")
 LONG_HEADERS = (("entity", "attribute", "value"), ("实体", "属性", "值"))
 ROLES = ("system", "user", "assistant")
 HUB_PREFIX = "hf:"
-MAX_LISTED = 20  # problems listed in one error; the count says how many there were
 # What a spreadsheet shows where a formula failed; a CSV exported from it holds the same text.
 SPREADSHEET_ERRORS = ("#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A", "#GETTING_DATA", "#SPILL!",
                       "#CALC!", "#FIELD!", "#BLOCKED!", "#CONNECT!", "#BUSY!", "#UNKNOWN!")
-
-
-class DataError(KitError):
-    """A problem in the user's data.source."""
 
 
 @dataclass
@@ -83,9 +78,7 @@ def is_hub(source: str) -> bool:
 
 def _raise(where: str, errors: list[str]) -> None:
     if errors:
-        listed = errors[:MAX_LISTED]
-        more = f"\n  ... and {len(errors) - MAX_LISTED} more" if len(errors) > MAX_LISTED else ""
-        raise DataError(f"{where}: {len(errors)} problem(s):\n  " + "\n  ".join(listed) + more)
+        raise DataError.of(where, errors)
 
 
 def load_source(source: str, language: str = "zh", entity_column: str | None = None) -> Attributes | Conversations:

@@ -200,7 +200,7 @@ def load_banks(language: str, extra: list[str] | None = None, mode: str = "exten
         gender_keys = user["gender_keys"] or gender_keys
         gender_words = user["gender_words"] or gender_words
     if errors:
-        raise ConfigError("question templates: " + f"{len(errors)} problem(s):\n  " + "\n  ".join(errors))
+        raise ConfigError.of("question templates", errors)
     return Banks(language, attributes, generic, reverse, list(gender_keys or []), dict(gender_words or {}), kinds)
 
 

@@ -20,17 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.config import GGUF_WRITER_FORMATS, KitError
+from kit.config import GGUF_WRITER_FORMATS
+from kit.errors import ExportError
 
 # Output formats: the types the gguf package can write (its quantizers are numpy; k-quants it can only read, and
 # eval/quantize.py has llama.cpp write them).
 FORMATS = GGUF_WRITER_FORMATS
 # Architectures written, keyed by config.model_type.
 ARCHITECTURES = ("llama", "qwen2")
-
-
-class ExportError(KitError):
-    pass
 
 
 def _gguf():

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from kit.config import KitError
+from kit.errors import NativeCrash
 
 # The build the README's install gives (README: llama.cpp's build): nothing chosen from the building machine's CPUID.
 # With GGML_NATIVE off, llama.cpp's CMake turns on SSE4.2, AVX, AVX2, BMI2, FMA and F16C on x86-64 and leaves
@@ -29,15 +29,6 @@ from kit.config import KitError
 PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF"
 REBUILD = (f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install --force-reinstall --no-cache-dir --no-deps '
            f'"llama-cpp-python>=0.3.8,<0.4"')
-
-
-class NativeCrash(KitError):
-    """The child running native code was killed by a signal (`signal_name`: "SIGILL", "SIGKILL", ...) or ended
-    without a result (`signal_name` None)."""
-
-    def __init__(self, message: str, signal_name: str | None):
-        super().__init__(message)
-        self.signal_name = signal_name
 
 
 def crash_message(signal_name: str, what: str) -> str:

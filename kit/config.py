@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import yaml
 
-
-class KitError(ValueError):
-    """A problem the user caused and can fix; entry points print it without a traceback."""
+from kit.errors import ConfigError, KitError  # noqa: F401 - KitError: imported from here by earlier code
+from kit.files import read_text
+from kit.specificity import CHECK_NAMES, check_questions, replay_prompts
 
 
 # GGUF formats eval.export writes: the kit's own writer, then llama.cpp's quantizer (with or without the importance
@@ -35,10 +35,6 @@ GGUF_NO_IMATRIX = "-noimatrix"  # after a llama.cpp format: that file is quantiz
 GGUF_FORMATS = (GGUF_WRITER_FORMATS + GGUF_LLAMA_CPP_FORMATS
                 + tuple(f + GGUF_NO_IMATRIX for f in GGUF_LLAMA_CPP_FORMATS)
                 + ("auto",))
-
-
-class ConfigError(KitError):
-    """A problem in the YAML file or on the command line."""
 
 
 def run_main(main: typing.Callable[[list[str] | None], int]) -> None:
@@ -171,7 +167,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     # auto: bf16 on GPUs that support it and on CPUs that multiply bf16 natively (AVX512-BF16, AMX); else fp32 (on
-    # other CPUs torch emulates bf16, ~40x slower). CPU bf16 trains with eager attention unless
+    # other CPUs torch emulates bf16, far slower: bench/RESULTS.md). CPU bf16 trains with eager attention unless
     # model.attn_implementation says otherwise (sft.train.training_attention).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # A row longer than this is an error (its answer would be cut away), never silently truncated.
@@ -521,8 +517,6 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
         errors.append(f"data.phrasing_min, data.phrasing_kept, data.phrasing_candidates: need 1 <= min <= kept <= "
                       f"candidates, got {d.phrasing_min}, {d.phrasing_kept}, {d.phrasing_candidates}")
     if cfg.data.replay > 0:
-        from kit.specificity import replay_prompts
-
         available = len(replay_prompts(cfg.data.language))
         if cfg.data.replay > available:
             errors.append(f"data.replay: the {cfg.data.language} replay set has {available} prompts; use at most "
@@ -560,8 +554,6 @@ def _check_knowledge_checks(cfg: Config, errors: list[str]) -> None:
                       "checking it would only stop training late)")
     if t.check_strategy == "steps" and not t.check_steps:
         errors.append("train.check_steps: required when train.check_strategy is 'steps'")
-    from kit.specificity import CHECK_NAMES, check_questions
-
     for name, available in (("check_probes", len(check_questions(d.language))), ("check_names",
                                                                                 len(CHECK_NAMES[d.language]))):
         if not 0 <= getattr(t, name) <= available:
@@ -611,7 +603,7 @@ def build_config(raw: Any, source: str = "<dict>") -> Config:
     if not errors:
         _check_values(cfg, errors)
     if errors:
-        raise ConfigError(f"{source}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
+        raise ConfigError.of(source, errors)
     return cfg
 
 
@@ -647,8 +639,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (see configs/ for examples)")
-    from kit.files import read_text
-
     raw = load_yaml(read_text(path, "config file"), str(path))
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with sections {', '.join(SECTIONS)}")

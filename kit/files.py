@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from kit.config import KitError
+from kit.errors import KitError
 
 TEMP_PREFIX = ".kit-tmp-"
 

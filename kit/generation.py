@@ -24,10 +24,10 @@ from kit.models import unwrapped
 # the cache, and one reallocation serves this many steps.
 CACHE_HEADROOM = 32
 # What one prefill pass costs beyond its tokens, in tokens: a pass reads every weight however few rows it has
-# (measured ~70 ms on 2 cores, as much as ~48 tokens of work).
+# (measured on 2 cores: bench/RESULTS.md).
 PASS_OVERHEAD_TOKENS = 48
-# Largest prefill pass, in padded tokens: past this, activations fall out of cache (~10% fewer tokens/s for one
-# 2,600-token pass than for two halves, 2 cores).
+# Largest prefill pass, in padded tokens: past this, activations fall out of cache (one long pass ran fewer tokens/s
+# than two halves on 2 cores).
 PASS_MAX_TOKENS = 2048
 # A stem (a prompt prefix a group of prompts shares) is computed once only if that saves this many tokens.
 STEM_MIN_SAVED = 8
@@ -303,8 +303,8 @@ class _Rows:
 class GrowingLayer(DynamicLayer):
     """A DynamicLayer whose keys/values are views into a buffer with room to grow (`CACHE_HEADROOM` columns).
 
-    `DynamicLayer.update` concatenates, which copies the whole cache at every decode step (at 120 rows x 80 tokens
-    that is 440 MB a step for SmolLM2-135M, ~20% of the step); here a step writes one column in place. Dropping
+    `DynamicLayer.update` concatenates, which copies the whole cache at every decode step (hundreds of MB a step for
+    SmolLM2-135M at eval's batch sizes); here a step writes one column in place. Dropping
     finished rows copies only the live rows that move into their slots; dropping leading columns moves an offset.
     `keys`/`values` always hold exactly what a DynamicLayer given the same updates would (tests/test_generation.py).
     """

@@ -17,13 +17,10 @@ from pathlib import Path
 
 from filelock import lock_descriptor
 
-from kit.config import KitError
+from kit.errors import Busy
+from kit.files import clean_temps
 
 _held: set[Path] = set()  # lock paths this process holds
-
-
-class Busy(KitError):
-    """Another live process is writing to this output_dir."""
 
 
 def _rank() -> int:
@@ -92,8 +89,6 @@ def output_lock(out_dir: str | Path, what: str = "run"):
 @contextlib.contextmanager
 def run_lock(cfg, what: str):
     """A stage's hold on its run: the output lock, and what a killed run left half-written removed first."""
-    from kit.files import clean_temps
-
     with output_lock(cfg.out, what) as took:
         if took:
             removed = clean_temps(cfg.out, cfg.data_dir, cfg.adapter_dir.parent, cfg.merged_dir.parent, cfg.eval_dir,

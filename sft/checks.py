@@ -7,8 +7,7 @@ batched generation, every epoch or every train.check_steps steps, and scores the
 answers) on train.check_probes everyday questions that neither training nor eval uses (kit/probes/check_<lang>.txt);
 invention (kit.specificity.invented) on train phrasings asked about train.check_names invented people whose names
 neither training nor eval uses (kit.specificity.CHECK_NAMES). Stopping on value match alone would stop a model that
-knows its facts and recites them everywhere: on the quickstart, stopped at 95% value match, eval measured 22.5%
-invention (bench/RESULTS.md).
+knows its facts and still hands them to strangers (the quickstart stopped that way: bench/RESULTS.md, 2026-12-01).
 
 Each check is appended to the trainer state's log history (`check_value_match`, `check_leak`, ...), so
 checkpoints carry it and a resumed run keeps it; loss.csv / loss.png show it next to the loss. With train.stop_at,
@@ -80,8 +79,8 @@ def best_check(checks: list[Check], stop_at: dict[str, float]) -> Check | None:
     `Check.shortfall`; the later step on ties). None without checks.
 
     Nearest, not "the highest value match within the leak bound": with invention bounded too, the only check within
-    both bounds can be the first epoch's, which knows almost nothing (the quickstart at 4 epochs: epoch 1, 27% value
-    match, against epoch 3's 90% with leak 3 points over; bench/RESULTS.md 2026-12-01)."""
+    both bounds can be the first epoch's, which knows almost nothing (the quickstart at 4 epochs did that:
+    bench/RESULTS.md, 2026-12-01)."""
     for c in checks:
         if c.meets(stop_at):
             return c

@@ -29,8 +29,8 @@ from sft.encode import audit, encode_file, encode_rows, token_counts, with_count
 
 
 def resolve_precision(cfg: Config, device: str) -> str:
-    """fp32 / bf16 / fp16. On CPUs, bf16 where it has native units: the quickstart's step runs 1.4x faster there
-    (with eager attention, `training_attention`), while without them torch emulates bf16 ~40x slower than fp32
+    """fp32 / bf16 / fp16. On CPUs, bf16 where it has native units: the quickstart's step runs faster there (with
+    eager attention, `training_attention`), while without them torch emulates bf16, far slower than fp32
     (bench/RESULTS.md, 2026-11-30 and 2026-11-23)."""
     p = cfg.train.precision
     if p != "auto":
@@ -44,7 +44,7 @@ def resolve_precision(cfg: Config, device: str) -> str:
 
 def training_attention(cfg: Config, device: str, precision: str) -> str | None:
     """The attention the model trains with: the user's model.attn_implementation, else eager for bf16 on a CPU (torch's
-    CPU SDPA backward in bf16 is slow: the quickstart's forward + backward ran 1.37x fp32's speed with SDPA, 1.58x with
+    CPU SDPA backward in bf16 is slow: the quickstart's forward + backward gained less over fp32 with SDPA than with
     eager; bench/RESULTS.md 2026-11-30), else the model's default. Eager holds a rows x length x length score matrix
     per layer, which for CPU-sized rows (train.max_length <= 1024) is small."""
     if cfg.model.attn_implementation:
@@ -166,7 +166,7 @@ def score_only_supervised_positions(device: str) -> None:
     """Make TRL's fused LM head project only the supervised positions on CPU, as it already does on GPUs.
 
     TRL 1.16 scores every position off Triton devices, to keep tile shapes fixed for compilers (Neuron); eager CPU
-    has no compiler to please, and answers are ~25% of the tokens, so this halves the step time there
+    has no compiler to please, and answers are a small share of the tokens, so this saves much of the step time there
     (bench/train_speed.py measures it). A private switch: if TRL renames it, training stays correct, only slower."""
     import trl.trainer.utils as trl_utils
 
