@@ -31,7 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
-from kit.config import KitError
+from kit.errors import KitError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "7b.yaml"

@@ -451,7 +451,7 @@ def test_predictions_cut_off_while_reasoning_are_empty_and_keep_their_raw_text(s
 
 
 def test_replay_never_trains_reasoning_and_none_left_is_an_error(stand_in, tmp_path):
-    from kit.config import KitError
+    from kit.errors import KitError
     from sft.train import main as train_main
 
     with pytest.raises(KitError, match=r"data\.replay: the base model answered none of the 2 replay prompts within "

@@ -103,7 +103,7 @@ def test_main_with_compare(tiny_model, tmp_path, monkeypatch, capsys):
 
 
 def test_missing_model_names_the_command(tiny_model, tmp_path):
-    from kit.config import KitError
+    from kit.errors import KitError
 
     cfg = make_cfg(tmp_path, tiny_model, merged_dir=str(tmp_path / "none"))
     with pytest.raises(KitError, match=r"no merged export in .*none and no trained adapter in .*adapter; train first "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.config import KitError
+from kit.errors import KitError
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shipped quickstart's measured figures (bench/RESULTS.md), with some room for the machine.

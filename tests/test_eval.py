@@ -10,7 +10,7 @@ from eval.generate import generate
 from kit.files import load_jsonl
 from eval.merge import merge
 from eval.score import Scorer, markdown, score, score_rows, summarise, value_match
-from kit.config import KitError
+from kit.errors import KitError
 from kit.generation import generate_batched, reference_greedy
 from kit.chat import generation_prompt
 from sft.train import train

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from bench.gpu_check import build_plan, cuda_tests, main, parse_args
-from kit.config import KitError
+from kit.errors import KitError
 
 
 def test_arguments_and_plan(monkeypatch, tmp_path):
