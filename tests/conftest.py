@@ -190,3 +190,18 @@ def roles_file(tmp_path) -> Path:
     p = tmp_path / "roles.json"
     p.write_text((ROOT / "data" / "genshin_roles.json").read_text(encoding="utf-8"), encoding="utf-8")
     return p
+
+
+# Fixtures that load or train a model, start a browser or run llama.cpp: a test that uses none of them is a unit test.
+HEAVY_FIXTURES = {"base_tokenizer_dir", "r1_tokenizer_dir", "tokenizer_dirs", "tiny_models", "tiny_model",
+                  "merged_models", "tiny_bert", "wide_model", "browser", "chat", "exported", "rehearsal",
+                  "stand_in", "trained", "trained_adapter", "run_with_report", "reference", "canned"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark `unit` every test that needs no model, browser or native build (`python -m pytest -m unit`: the fast
+    subset to run while editing; the README's test command still runs everything)."""
+    for item in items:
+        if not HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.unit)
+
