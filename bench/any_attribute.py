@@ -25,7 +25,7 @@ from data_prep.kinds import resolve_banks
 from data_prep.templates import GENERIC, bank_files, load_banks
 from eval.generate import load_for_generation
 from eval.score import value_match
-from kit.chat import final_answer, generation_prompt
+from kit.chat import final_answer, generation_prompt, system_messages
 from kit.config import parse_args, run_main
 from kit.generation import generate_batched
 from kit.models import pick_device, resolve, set_threads
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(cfg.train.device)
     set_threads(cfg.train.threads, device)
     model, tok = load_for_generation(cfg, resolve(cfg.model), None if args.base else str(cfg.adapter_dir), device)
-    system = [{"role": "system", "content": cfg.data.system_prompt}] if cfg.data.system_prompt else []
+    system = system_messages(cfg.data.system_prompt)
     prompts = [generation_prompt(tok, system + [{"role": "user", "content": q["question"]}]) for q in questions]
     answers = generate_batched(model, tok, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens)
     rows, groups = [], defaultdict(lambda: [0, 0])

@@ -25,6 +25,7 @@ from pathlib import Path
 from data_prep.sources import Attributes, DataError
 from data_prep.templates import BUILTIN_DIR, Banks, humanise, join_items, render, spoken, template_id
 from kit.beyond import CLAIM_BANK, COMPOSE_BANK
+from kit.chat import system_messages
 from kit.config import ConfigError, DataConfig, load_yaml
 from kit.files import read_text
 from kit.specificity import normalise
@@ -170,7 +171,7 @@ def _comparable(table: dict[str, dict[str, list[str]]], banks: Banks) -> list[st
 def _row(data: DataConfig, bank: str, template: str, question: str, answer: str, entity: str, attribute: str,
          value: str, check: dict | None = None) -> dict:
     key = "\x1f".join((bank, entity, attribute, question))
-    system = [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
+    system = system_messages(data.system_prompt)
     row = {"id": hashlib.sha1(key.encode()).hexdigest()[:12],
            "messages": system + [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
            "entity": entity, "attribute": attribute, "value": value, "expected": value,

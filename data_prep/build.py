@@ -25,6 +25,7 @@ from data_prep.sources import Attributes, Conversations, DataError, ListValue, i
 from data_prep.templates import (REVERSE, Bank, Banks, bank_files, humanise, load_banks, render, spoken,
                                  template_id)
 from kit.beyond import BEYOND_FILE, CLAIM_BANK, COMPOSE_BANK
+from kit.chat import system_messages
 from kit.config import VALIDATION_FILE, Config, DataConfig, parse_args, run_main
 from kit.files import atomic_file, write_text_atomic
 from kit.specificity import is_reverse
@@ -231,7 +232,8 @@ def _reverse(attrs: Attributes, data: DataConfig, banks: Banks,
                               ("reverse", entity, attribute))
             for split, items in rows.items():
                 for item in items:
-                    yield "train" if split == "validation" else split, _row(entity, attribute, value, render(bank.match, slots), item, data)
+                    row = _row(entity, attribute, value, render(bank.match, slots), item, data)
+                    yield "train" if split == "validation" else split, row
 
 
 def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, origins: dict[str, Origin],
@@ -279,7 +281,7 @@ def conversation_rows(conv: Conversations, data: DataConfig) -> tuple[list[dict]
     for split, raw in given:
         messages = [{"role": m["role"], "content": m["content"].strip()} for m in raw["messages"]]
         if data.system_prompt and messages[0]["role"] != "system":
-            messages = _system(data) + messages
+            messages = system_messages(data.system_prompt) + messages
         key = json.dumps(messages, ensure_ascii=False, sort_keys=True)
         row_id = hashlib.sha1(key.encode()).hexdigest()[:12]
         split = split or ("test" if _unit(data.seed, "conversation", key) < data.test_size else "train")
@@ -313,15 +315,11 @@ def _question(messages: list[dict]) -> tuple[tuple[str, str], ...]:
     return tuple((m["role"], text_key(m["content"])) for m in messages[:-1])
 
 
-def _system(data: DataConfig) -> list[dict]:
-    return [{"role": "system", "content": data.system_prompt}] if data.system_prompt else []
-
-
 def _row(entity: str, attribute: str, value: str, expected: str, item: dict, data: DataConfig) -> dict:
     key = "\x1f".join((entity, attribute, item["question"]))
     return {
         "id": hashlib.sha1(key.encode()).hexdigest()[:12],
-        "messages": _system(data) + [{"role": "user", "content": item["question"]},
+        "messages": system_messages(data.system_prompt) + [{"role": "user", "content": item["question"]},
                                      {"role": "assistant", "content": item["answer"]}],
         "entity": entity,
         "attribute": attribute,
@@ -345,7 +343,7 @@ def _multi_turn(entity: str, rows: list[dict], data: DataConfig) -> list[dict]:
         attributes = sorted(by_attr)
         rng.shuffle(attributes)
         picked = [rng.choice(by_attr[a]) for a in attributes[: rng.randint(2, min(4, len(attributes)))]]
-        messages = _system(data)
+        messages = system_messages(data.system_prompt)
         for row in picked:
             messages += [m for m in row["messages"] if m["role"] != "system"]
         out.append({

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from kit.chat import THINK_CLOSE, final_answer, generation_prompt, opens_think
+from kit.chat import THINK_CLOSE, final_answer, generation_prompt, opens_think, system_messages
 from kit.config import Config, parse_args, run_main
 
 HELP = "/reset forgets the conversation, /quit leaves; Ctrl-C stops an answer"
@@ -35,7 +35,7 @@ class Chat:
             set_threads(cfg.train.threads, device)
             loaded = load_for_generation(cfg, path, adapter, device)
         self.model, self.tok = loaded
-        self.system = [{"role": "system", "content": cfg.data.system_prompt}] if cfg.data.system_prompt else []
+        self.system = system_messages(cfg.data.system_prompt)
         self.history: list[dict] = []
 
     def reset(self) -> None:

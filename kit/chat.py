@@ -7,6 +7,11 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 
+def system_messages(system_prompt: str | None) -> list[dict]:
+    """The system turn every conversation starts with (data.system_prompt), or none: the chat template's own."""
+    return [{"role": "system", "content": system_prompt}] if system_prompt else []
+
+
 def render(tok, messages: list[dict], generation_prompt: bool = False) -> str:
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from kit.chat import system_messages
 from kit.config import Config
 from kit.files import atomic_dir, iter_jsonl, load_jsonl, write_text_atomic
 from kit.specificity import (check_questions, invented, leaked, specificity_rows, trained_strings,
@@ -119,9 +120,10 @@ class KnowledgeChecks(TrainerCallback):
         answers, said = every[:len(self.rows)], every[len(self.rows):len(self.rows) + len(self.probes)]
         about_nobody = every[len(self.rows) + len(self.probes):]
         right = [x for x in (value_match(r["expected"], a) for r, a in zip(self.rows, answers)) if x is not None]
-        leaks = [bool(leaked(a, question(p), b, self.strings))
+        leaks = [bool(leaked(a, p["messages"][-2]["content"], b, self.strings))
                  for p, a, b in zip(self.probes, said, self.base_probe_answers or [""] * len(said))]
-        inventions = [bool(invented(a, question(r), self.strings)) for r, a in zip(self.unknown, about_nobody)]
+        inventions = [bool(invented(a, r["messages"][-2]["content"], self.strings))
+                      for r, a in zip(self.unknown, about_nobody)]
         c = Check(state.global_step, round(state.epoch or 0.0, 4), share(right) or 0.0, share(leaks),
                   share(inventions), round(time.perf_counter() - start, 2))
         state.log_history.append(c.log())
@@ -137,8 +139,7 @@ class KnowledgeChecks(TrainerCallback):
         if not self.stop_at:
             return
         checks = checks_in(state.log_history)
-        best = best_check(checks, self.stop_at)
-        if self.main and best is not None and best.step == c.step:
+        if self.main and best_check(checks, self.stop_at).step == c.step:  # checks holds c: never None
             save_best(model, self.best_dir, c)
         if agreed(c.meets(self.stop_at)):
             control.should_training_stop = True
@@ -158,10 +159,6 @@ class KnowledgeChecks(TrainerCallback):
         checks = checks_in(state.log_history)
         if not checks or checks[-1].step != state.global_step:  # the last steps were never checked
             self._after_check(self.check(model, state), state, control, model)
-
-
-def question(row: dict) -> str:
-    return row["messages"][-1]["content"] if row["messages"][-1]["role"] == "user" else row["messages"][-2]["content"]
 
 
 def share(flags: list[bool]) -> float | None:
@@ -232,11 +229,12 @@ def load_adapter_weights(model, adapter_dir: Path) -> None:
 
 
 def check_rows(cfg: Config, train_rows_path: Path) -> tuple[list[dict], list[dict], list[dict]]:
-    """(validation rows, everyday questions, questions about invented people), as rows to answer. The invented
-    people are asked train phrasings (kit.specificity.specificity_rows, with CHECK_NAMES)."""
+    """(validation rows, everyday questions, questions about invented people), as rows to answer (the question, then
+    an empty answer, as eval's rows). The invented people are asked train phrasings (kit.specificity.specificity_rows,
+    with CHECK_NAMES)."""
     rows = [r for r in load_jsonl(cfg.validation_file) if r.get("expected")] if cfg.validation_file.is_file() else []
-    system = [{"role": "system", "content": cfg.data.system_prompt}] if cfg.data.system_prompt else []
-    probes = [{"messages": system + [{"role": "user", "content": q}], "turns": 1}
+    system = system_messages(cfg.data.system_prompt)
+    probes = [{"messages": system + [{"role": "user", "content": q}, {"role": "assistant", "content": ""}], "turns": 1}
               for q in check_questions(cfg.data.language)[: cfg.train.check_probes]]
     unknown = [r for r in specificity_rows(lambda: iter_jsonl(train_rows_path), cfg.data.language, None,
                                            cfg.train.check_names, "check") if r["split"] == "unknown"]

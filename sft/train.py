@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data_prep.build import ensure_built
+from kit.chat import system_messages
 from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
 from kit.files import atomic_dir, load_jsonl, write_text_atomic
 from kit.models import (choose_pad_token, cpu_has_bf16, load_model, load_tokenizer, pick_device, process_state,
@@ -206,7 +207,7 @@ def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path, attent
     from kit.specificity import replay_prompts
 
     prompts = replay_prompts(cfg.data.language)[: cfg.data.replay]  # at most all of them: checked in kit.config
-    system = [{"role": "system", "content": cfg.data.system_prompt}] if cfg.data.system_prompt else []
+    system = system_messages(cfg.data.system_prompt)
     key = hashlib.sha256(json.dumps([cfg.model.name_or_path, model_path, prompts, system, cfg.eval.max_new_tokens,
                                      cfg.model.thinking], ensure_ascii=False).encode()).hexdigest()[:16]
     path = data_dir / "replay.jsonl"

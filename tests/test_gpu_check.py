@@ -18,8 +18,8 @@ def test_arguments_and_plan(monkeypatch, tmp_path):
         {"hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
          "intermediate_size": 18944, "vocab_size": 152064}
     assert plan["model"]["dtype"] == "bfloat16"
-    assert plan["lora"] == {"r": 32, "lora_alpha": 64, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj",
-                                                                                        "o_proj"]}
+    assert plan["lora"] == {"r": 32, "lora_alpha": 64, "lora_dropout": 0.05,
+                            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
     assert (plan["train"]["per_device_train_batch_size"], plan["train"]["gradient_accumulation_steps"]) == (2, 8)
     assert plan["runs"] == [{"trainer": "kit", "gradient_checkpointing": True},
                             {"trainer": "kit", "gradient_checkpointing": False},
