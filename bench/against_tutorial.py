@@ -113,7 +113,7 @@ def recall(model_dir: str, tok_dir: str, adapter: str | None, test: Path) -> tup
     import torch
     from transformers import AutoModelForCausalLM
 
-    from eval.score import value_match
+    from kit.specificity import value_match
     from kit.chat import generation_prompt
     from kit.files import load_jsonl
     from kit.generation import generate_batched

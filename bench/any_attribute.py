@@ -23,8 +23,8 @@ from collections import defaultdict
 from data_prep.sources import load_source
 from data_prep.kinds import resolve_banks
 from data_prep.templates import GENERIC, bank_files, load_banks
-from eval.generate import load_for_generation
-from eval.score import value_match
+from eval.models import load_for_generation
+from kit.specificity import value_match
 from kit.chat import final_answer, generation_prompt, system_messages
 from kit.config import parse_args, run_main
 from kit.generation import generate_batched

@@ -25,7 +25,7 @@ import torch
 
 from data_prep.build import ensure_built
 from kit.files import load_jsonl
-from eval.score import Scorer, encoder_for
+from eval.metrics import Scorer, encoder_for
 from kit.config import KitError, load_config
 from kit.generation import generate_batched, reference_greedy, stop_token_ids
 from kit.models import load_tokenizer, set_threads

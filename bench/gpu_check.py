@@ -198,7 +198,7 @@ def train_once(cfg, model, tok, encoded, text_rows, trainer_kind: str, checkpoin
 
     from kit.models import choose_pad_token
     from sft.prefix import trainer_class
-    from sft.train import build_lora_config, build_sft_config
+    from sft.trainer_config import build_lora_config, build_sft_config
 
     run_cfg = replace(cfg, train=replace(cfg.train, gradient_checkpointing=checkpointing, eval_strategy="no",
                                          save_strategy="no", max_steps=args.warmup + args.steps, logging_steps=10**6,

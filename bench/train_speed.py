@@ -27,7 +27,7 @@ from kit.files import load_jsonl
 from kit.config import load_config
 from kit.models import load_model, load_tokenizer, resolve, set_threads
 from sft.encode import encode_rows
-from sft.train import build_lora_config, build_sft_config, score_only_supervised_positions
+from sft.trainer_config import build_lora_config, build_sft_config, score_only_supervised_positions
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -92,7 +92,7 @@ def run_once(cfg, model_path, tok, encoded, epochs: float, out_dir: str) -> tupl
 
 
 def accuracy(model, tok, rows) -> tuple[int, int]:
-    from eval.score import value_match
+    from kit.specificity import value_match
     from kit.generation import generate_batched
     from kit.chat import generation_prompt
 

@@ -19,6 +19,7 @@ import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline and private by default: no usage pings
 
+from eval.report import pct
 from kit.config import Config, KitError, parse_args, run_main
 
 MATCH_FILTERS = ["all", "wrong", "right", "no value"]
@@ -57,17 +58,13 @@ def load_report(cfg: Config) -> tuple[dict | None, list[dict]]:
     return json.loads(summary.read_text(encoding="utf-8")), rows
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
 FIGURES = [  # (metric key, label, value from a model's summary, specificity part of summary)
-    ("value_match", "value match (held-out questions)", lambda m, s: _pct(m["per_split"].get("test", m["overall"])
+    ("value_match", "value match (held-out questions)", lambda m, s: pct(m["per_split"].get("test", m["overall"])
                                                                            ["value_match_rate"])),
     ("f1_mean", "BERTScore F1 mean", lambda m, s: f"{m['overall']['f1_mean']:.3f}"),
     ("below_threshold", "answers with F1 below the threshold", lambda m, s: str(m["overall"]["below_threshold"])),
-    ("leak", "leak (everyday questions)", lambda m, s: _pct(s["leak_rate"]) if s else "n/a"),
-    ("invention", "invention (people in no data)", lambda m, s: _pct(s["invention_rate"]) if s else "n/a"),
+    ("leak", "leak (everyday questions)", lambda m, s: pct(s["leak_rate"]) if s else "n/a"),
+    ("invention", "invention (people in no data)", lambda m, s: pct(s["invention_rate"]) if s else "n/a"),
 ]
 
 

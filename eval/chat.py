@@ -24,7 +24,7 @@ class Chat:
     """One model's side of a conversation: its history and a streaming, greedy `reply`."""
 
     def __init__(self, cfg: Config, which: str = "finetuned", loaded=None):
-        from eval.generate import load_for_generation, model_source
+        from eval.models import load_for_generation, model_source
         from kit.models import pick_device, set_threads
 
         self.cfg, self.which = cfg, which

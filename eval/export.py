@@ -189,7 +189,7 @@ class Writer:
 
 
 def test_rows(cfg: Config) -> list[dict]:
-    from eval.generate import eval_rows
+    from eval.questions import eval_rows
     from kit.beyond import BEYOND_SPLITS
     from kit.specificity import SPECIFICITY_SPLITS
 
@@ -265,9 +265,9 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer) -> dict:
     A llama.cpp read that crashes is a row saying so (eval.native), and the rest is still checked."""
     import torch
 
-    from eval.generate import load_for_generation
+    from eval.models import load_for_generation
     from eval.native import NativeCrash, run_native
-    from eval.score import make_scorer
+    from eval.metrics import make_scorer
     from kit.chat import generation_prompt, opens_think
     from kit.models import pick_device, resolve, set_threads
 
@@ -388,7 +388,7 @@ def choose_format(cfg: Config, writer: Writer, merged: dict, check) -> dict:
 def artifact_scores(scorer, rows: list[dict], preds: list[str], merged: list[str]) -> dict:
     """One artifact's line of the table: its answers to `rows` scored as eval.score scores them (an empty answer:
     F1 0, no value), against the merged model's answers."""
-    from eval.score import is_empty, value_match
+    from kit.specificity import is_empty, value_match
 
     _, _, f1 = scorer.score(preds, [r["messages"][-1]["content"] for r in rows])
     matches = [value_match(r.get("expected") or r.get("value") or "", p) for r, p in zip(rows, preds)]

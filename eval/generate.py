@@ -18,107 +18,18 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
-from kit.beyond import BEYOND_FILE
 from kit.chat import final_answer, generation_prompt, opens_think
+from eval.models import load_for_generation, model_source
+from eval.questions import iter_eval_rows
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import atomic_file, iter_jsonl, write_text_atomic
 from kit.generation import generate_batched
-from kit.models import load_model, load_tokenizer, pick_device, process_state, resolve, set_threads
-
+from kit.models import load_tokenizer, pick_device, process_state, set_threads
 
 
 # Rows are read, answered and written this many at a time: memory stays bounded however large the test set is.
 CHUNK_ROWS = 4096
-
-
-def iter_eval_rows(cfg: Config) -> Iterator[dict]:
-    """Single-turn rows of the configured splits, each with its split name, then the specificity rows; read from the
-    files one at a time. The files are checked when this is called, before anything is read."""
-    paths = []
-    for split in cfg.eval.splits:
-        path = cfg.data_dir / f"{split}.jsonl"
-        if not path.is_file():
-            raise KitError(f"{path}: not found; build the data first with `python -m data_prep.build CONFIG`")
-        paths.append((split, path))
-
-    def rows() -> Iterator[dict]:
-        for split, path in paths:
-            n = 0
-            for r in iter_jsonl(path):
-                if r.get("turns", 1) != 1:
-                    continue
-                if cfg.eval.max_rows and n >= cfg.eval.max_rows:
-                    break
-                n += 1
-                yield dict(r, split=split)
-        if cfg.eval.specificity:  # everyday questions (leak, drift) and questions about nobody (invention)
-            from kit.specificity import specificity_rows
-
-            train = cfg.data_dir / "train.jsonl"
-            yield from specificity_rows(lambda: iter_jsonl(train), cfg.data.language, cfg.eval.probe_file,
-                                        cfg.eval.unknown_names)
-        beyond = cfg.data_dir / BEYOND_FILE
-        if cfg.eval.beyond and beyond.is_file():  # held-out claims, reverse and one-hop questions (kit/beyond.py)
-            taken: dict[str, int] = {}
-            for r in iter_jsonl(beyond):  # eval.max_rows caps each of their splits too
-                taken[r["split"]] = taken.get(r["split"], 0) + 1
-                if not cfg.eval.max_rows or taken[r["split"]] <= cfg.eval.max_rows:
-                    yield r
-
-    it = rows()
-    first = next(it, None)
-    if first is None or first["split"] not in cfg.eval.splits:  # none of the data's own rows
-        raise KitError(f"no single-turn rows to answer in {cfg.data_dir} for eval.splits={cfg.eval.splits}")
-    return itertools.chain([first], it)
-
-
-def eval_rows(cfg: Config) -> list[dict]:
-    """iter_eval_rows, in a list (for small sets)."""
-    return list(iter_eval_rows(cfg))
-
-
-class ModelSource(NamedTuple):
-    path: str  # what from_pretrained loads
-    adapter: str | None  # a LoRA adapter put on top of it, or None
-    answered_by: str  # in words, for the console and the predictions' meta
-
-
-def model_source(cfg: Config, which: str) -> ModelSource:
-    """The model that answers, by one rule for every entry point that answers (eval.generate, eval.chat, eval.app):
-    the merged export when there is one, else base + adapter, unless eval.use_merged says which. Checks that it
-    exists before anything loads."""
-    from eval.merge import check_adapter
-
-    if which == "base":
-        return ModelSource(resolve(cfg.model), None, f"the base model {cfg.model.name_or_path}")
-    merged = (cfg.merged_dir / "config.json").is_file()
-    if cfg.eval.use_merged and not merged:
-        raise KitError(f"{cfg.merged_dir}: no merged export here, and eval.use_merged=true asks for one; run "
-                       f"`python -m eval.merge CONFIG` first, or leave eval.use_merged unset to answer with base + "
-                       f"adapter when there is no export")
-    if merged and cfg.eval.use_merged is not False:
-        return ModelSource(str(cfg.merged_dir), None, f"the merged export {cfg.merged_dir}")
-    if not merged and not (cfg.adapter_dir / "adapter_config.json").is_file():
-        raise KitError(f"no fine-tuned model: no merged export in {cfg.merged_dir} and no trained adapter in "
-                       f"{cfg.adapter_dir}; train first with `python -m sft.train CONFIG`, or set eval.adapter_dir")
-    check_adapter(cfg.adapter_dir)
-    why = ("eval.use_merged=false" if cfg.eval.use_merged is False
-           else f"no merged export in {cfg.merged_dir} (`python -m eval.merge CONFIG` makes one)")
-    return ModelSource(resolve(cfg.model), str(cfg.adapter_dir),
-                       f"base {cfg.model.name_or_path} + adapter {cfg.adapter_dir}: {why}")
-
-
-def load_for_generation(cfg: Config, path: str, adapter: str | None, device: str):
-    tok = load_tokenizer(adapter or path, cfg.model.trust_remote_code)
-    model = load_model(path, cfg.model, device)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
-    model.eval()
-    return model, tok
 
 
 # What makes two predictions files answers of the same model (the meta's other keys only describe it).
@@ -353,7 +264,6 @@ def _rewrite_complete_lines(path: Path) -> None:
     good = _complete_lines(lines)
     if len(good) != len(lines):
         write_text_atomic(path, "".join(line + "\n" for line in good))
-
 
 
 def main(argv: list[str] | None = None) -> int:

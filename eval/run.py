@@ -18,14 +18,15 @@ from kit.config import Config, parse_args, run_main
 def run(cfg: Config) -> Path:
     from eval.generate import generate
     from eval.merge import check_adapter, merge
-    from eval.score import make_scorer, score
+    from eval.metrics import make_scorer
+    from eval.score import score
     from kit.lock import run_lock
 
     with run_lock(cfg, "eval.run"):
         check_adapter(cfg.adapter_dir)
         scorer = make_scorer(cfg)  # the encoder may need a hub or a local copy: fail before the long part
         if cfg.eval.use_merged is not False and not (cfg.merged_dir / "config.json").is_file():
-            merge(cfg)  # then the export answers (eval.generate.model_source); use_merged=false keeps base + adapter
+            merge(cfg)  # then the export answers (eval.models.model_source); use_merged=false keeps base + adapter
         models = {"finetuned": generate(cfg, "finetuned")}
         if cfg.eval.compare_base or cfg.eval.specificity:  # leak and drift are measured against the base's answers
             models = {"base": generate(cfg, "base"), **models}

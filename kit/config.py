@@ -143,7 +143,7 @@ class DataConfig:
 @dataclass
 class LoraConfig:
     r: int = 16
-    # PEFT's names: the section becomes a peft.LoraConfig field by field (sft.train.build_lora_config).
+    # PEFT's names: the section becomes a peft.LoraConfig field by field (sft.trainer_config.build_lora_config).
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     # "all-linear" or a list of module names, e.g. [q_proj, k_proj, v_proj, o_proj].
@@ -168,7 +168,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # auto: bf16 on GPUs that support it and on CPUs that multiply bf16 natively (AVX512-BF16, AMX); else fp32 (on
     # other CPUs torch emulates bf16, far slower: bench/RESULTS.md). CPU bf16 trains with eager attention unless
-    # model.attn_implementation says otherwise (sft.train.training_attention).
+    # model.attn_implementation says otherwise (sft.trainer_config.training_attention).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # A row longer than this is an error (its answer would be cut away), never silently truncated.
     max_length: int = 512
@@ -226,7 +226,7 @@ class EvalConfig:
     # module left out of the merge goes well above.
     merge_rtol: float = 1e-3
     overwrite: bool = False
-    # Which fine-tuned model answers in eval.generate, eval.chat and eval.app (eval.generate.model_source). null: the
+    # Which fine-tuned model answers in eval.generate, eval.chat and eval.app (eval.models.model_source). null: the
     # merged export when there is one, else base + adapter, and the console and the predictions' meta say which;
     # true: the merged export only (an error without one); false: base + adapter. eval.run merges first unless false.
     use_merged: bool | None = None

@@ -13,233 +13,74 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from itertools import islice
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 from data_prep.build import ensure_built
-from kit.chat import system_messages
-from kit.config import Config, KitError, LoraConfig, dump_config, parse_args, run_main
-from kit.files import atomic_dir, load_jsonl, write_text_atomic
-from kit.models import (choose_pad_token, cpu_has_bf16, load_model, load_tokenizer, pick_device, process_state,
-                        resolve, set_threads, versions)
+from kit.config import Config, dump_config, parse_args, run_main
+from kit.files import atomic_dir, write_text_atomic
+from kit.models import (choose_pad_token, load_model, load_tokenizer, pick_device, process_state, resolve,
+                        set_threads, versions)
 from sft.answers import answer, answering_attention
 from sft.callbacks import LossPlotCallback
 from sft.checks import BEST_DIR, KnowledgeChecks, checks_in, keep_best, knowledge_checks
+from sft.checkpoints import check_before_loading, checkpoint_epoch
 from sft.encode import audit, encode_file, encode_rows, token_counts, with_counts
+from sft.replay import replay_rows
+from sft.trainer_config import (build_lora_config, build_sft_config, resolve_precision, score_only_supervised_positions,
+                                training_attention)
 
 
-def resolve_precision(cfg: Config, device: str) -> str:
-    """fp32 / bf16 / fp16. On CPUs, bf16 where it has native units: the quickstart's step runs faster there (with
-    eager attention, `training_attention`), while without them torch emulates bf16, far slower than fp32
-    (bench/RESULTS.md, 2026-11-30 and 2026-11-23)."""
-    p = cfg.train.precision
-    if p != "auto":
-        return p
+def train(cfg: Config, callbacks: list | None = None) -> Path:
+    """Fine-tune; returns the adapter directory."""
+    from kit.lock import run_lock
+
+    with run_lock(cfg, "sft.train"):
+        return _train(cfg, callbacks)
+
+
+def _train(cfg: Config, callbacks: list | None) -> Path:
     import torch
 
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    run = build_trainer(cfg, callbacks)
+    trainer, tok = run.trainer, run.tok
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    if trainer.is_world_process_zero():
+        auto = " (auto: native bf16 on this CPU)" if cfg.train.precision == "auto" and run.device == "cpu" \
+            and run.precision == "bf16" else ""
+        print(f"device {run.device}, precision {run.precision}{auto}, attention "
+              f"{getattr(trainer.model.config, '_attn_implementation', None) or 'default'}, "
+              f"threads {torch.get_num_threads()}; LoRA trains "
+              f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
+              + (f"; resuming from {run.resume_from}" if run.resume_from else ""), flush=True)
 
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=run.resume_from)
+    wall = time.perf_counter() - start
+    kept = keep_best(trainer, cfg) if run.checks else None
 
-def training_attention(cfg: Config, device: str, precision: str) -> str | None:
-    """The attention the model trains with: the user's model.attn_implementation, else eager for bf16 on a CPU (torch's
-    CPU SDPA backward in bf16 is slow: the quickstart's forward + backward gained less over fp32 with SDPA than with
-    eager; bench/RESULTS.md 2026-11-30), else the model's default. Eager holds a rows x length x length score matrix
-    per layer, which for CPU-sized rows (train.max_length <= 1024) is small."""
-    if cfg.model.attn_implementation:
-        return cfg.model.attn_implementation
-    if device == "cpu" and precision == "bf16" and cfg.train.max_length <= 1024 and not cfg.train.packing:
-        return "eager"
-    return None
-
-
-def build_lora_config(lora: LoraConfig):
-    """The one place the kit's `lora` section becomes a peft.LoraConfig: field by field, under the same names."""
-    import dataclasses
-
-    from peft import LoraConfig as PeftLoraConfig
-
-    return PeftLoraConfig(**{f.name: getattr(lora, f.name) for f in dataclasses.fields(lora)}, task_type="CAUSAL_LM")
-
-
-# How the `train` section reaches trl.SFTConfig. Fields with the same name in both pass as they are; these are the
-# exceptions, written once: the kit's own fields, and those TRL takes under another name or form.
-KIT_ONLY_TRAIN_FIELDS = frozenset({"resume", "threads", "device", "precision", "show_examples", "share_prefix",
-                                   "check_strategy", "check_steps", "check_probes", "check_names", "stop_at"})
-RENAMED_TRAIN_FIELDS = {
-    "warmup_ratio": lambda v: {"warmup_steps": v},  # transformers 5: a float < 1 is a fraction of the total steps
-    "group_by_length": lambda v: {"train_sampling_strategy": "group_by_length" if v else "random"},
-    "save_steps": lambda v: {"save_steps": v or 500},  # unused unless save_strategy is "steps", which requires it
-}
-
-
-def build_sft_config(cfg: Config, device: str = "cpu", precision: str | None = None):
-    """The one place the kit's `train` section becomes a trl.SFTConfig."""
-    import dataclasses
-
-    from trl import SFTConfig
-
-    t = cfg.train
-    precision = precision or resolve_precision(cfg, device)
-    kwargs = {}
-    for f in dataclasses.fields(t):
-        value = getattr(t, f.name)
-        if f.name in RENAMED_TRAIN_FIELDS:
-            kwargs.update(RENAMED_TRAIN_FIELDS[f.name](value))
-        elif f.name not in KIT_ONLY_TRAIN_FIELDS:
-            kwargs[f.name] = value
-    return SFTConfig(
-        **kwargs,
-        output_dir=str(cfg.checkpoints_dir),
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device == "cpu",
-        logging_first_step=True,
-        report_to="none",
-        push_to_hub=False,
-        # The kit tokenises and masks itself (sft.encode), and has checked every row fits max_length with something
-        # supervised: TRL's own pass over the rows (truncate, drop) would only cost time on a large set. Packing
-        # still needs it.
-        truncation_mode="keep_start",
-        dataset_kwargs=None if t.packing else {"skip_prepare_dataset": True},
-        dataset_num_proc=None,
-        shuffle_dataset=False,
-    )
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """The step of a complete checkpoint directory, else None. The Trainer writes trainer_state.json last (after
-    weights, optimizer, scheduler and RNG states), so a checkpoint whose state file is missing or cut short was
-    interrupted while being written."""
-    try:
-        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    step = state.get("global_step")
-    return step if isinstance(step, int) and path.name == f"checkpoint-{step}" else None
-
-
-def last_checkpoint(cfg: Config) -> str | None:
-    """The newest complete checkpoint. Newer incomplete ones (a run killed while writing one) are removed, with a
-    message, so neither the resumed run nor the Trainer's rotation ever reads them."""
-    import re
-
-    ckpt_dir = cfg.checkpoints_dir
-    if not ckpt_dir.is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir()
-                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
-    for step, path in reversed(found):
-        if checkpoint_step(path) == step:
-            return str(path)
-        print(f"{path}: incomplete checkpoint (no readable trainer_state.json: the run was stopped while writing "
-              f"it); removing it and resuming from the one before", flush=True)
-        shutil.rmtree(path, ignore_errors=True)
-    return None
-
-
-def checkpoint_epoch(checkpoint: str | None) -> float:
-    """The epoch a checkpoint was saved at (0 without one). Read before training: with save_total_limit the Trainer
-    deletes the checkpoint it resumed from as soon as it saves the next one."""
-    if not checkpoint:
-        return 0.0
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
-    return float(state.get("epoch") or 0.0)
-
-
-def check_before_loading(cfg: Config, device: str) -> str | None:
-    """Everything that can be checked cheaply, before the model loads. Returns the checkpoint to resume from."""
-    t = cfg.train
-    if t.resume == "never" and cfg.checkpoints_dir.is_dir() and any(cfg.checkpoints_dir.glob("checkpoint-*")):
-        raise KitError(f"{cfg.out}: holds checkpoints of an earlier run ({cfg.checkpoints_dir}); set "
-                       f"train.resume=auto to continue it, or choose another output_dir")
-    ckpt = last_checkpoint(cfg) if t.resume == "auto" else None
-    if t.use_liger_kernel and device != "cuda":
-        raise KitError("train.use_liger_kernel needs a CUDA GPU; set it to false on CPU")
-    if t.padding_free and device != "cuda":
-        raise KitError("train.padding_free needs flash attention on a GPU; use train.packing on CPU")
-    return ckpt
-
-
-def score_only_supervised_positions(device: str) -> None:
-    """Make TRL's fused LM head project only the supervised positions on CPU, as it already does on GPUs.
-
-    TRL 1.16 scores every position off Triton devices, to keep tile shapes fixed for compilers (Neuron); eager CPU
-    has no compiler to please, and answers are a small share of the tokens, so this saves much of the step time there
-    (bench/train_speed.py measures it). A private switch: if TRL renames it, training stays correct, only slower."""
-    import trl.trainer.utils as trl_utils
-
-    original = getattr(trl_utils, "_use_triton", None)
-    if device == "cpu" and original is not None and not getattr(original, "_kit_patched", False):
-        def use_compact(dev, _original=original):
-            return dev.type == "cpu" or _original(dev)
-
-        use_compact._kit_patched = True
-        trl_utils._use_triton = use_compact
-
-
-
-def pick_examples(path: Path, n: int, scan: int = 10_000) -> list[dict]:
-    """Up to n single-turn test rows, one per attribute, from the first `scan` rows of the file (read line by line:
-    a large test file is never loaded for this)."""
-    picked, seen = [], set()
-    if n <= 0:
-        return picked
-    with path.open(encoding="utf-8") as f:
-        for line in islice(f, scan):
-            row = json.loads(line)
-            if row["turns"] == 1 and row["attribute"] not in seen:
-                picked.append(row)
-                seen.add(row["attribute"])
-                if len(picked) == n:
-                    break
-    return picked
-
-
-def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path, attention: str | None = None) -> list[dict]:
-    """data.replay general prompts (kit/probes/replay_<language>.txt) answered greedily by the base model, as train
-    rows: self-distillation that keeps the model's behaviour outside the facts. Made once and kept in
-    <data dir>/replay.jsonl, keyed by everything they depend on, so a rerun or a resumed run trains on the same rows."""
-    import hashlib
-
-    from kit.specificity import replay_prompts
-
-    prompts = replay_prompts(cfg.data.language)[: cfg.data.replay]  # at most all of them: checked in kit.config
-    system = system_messages(cfg.data.system_prompt)
-    key = hashlib.sha256(json.dumps([cfg.model.name_or_path, model_path, prompts, system, cfg.eval.max_new_tokens,
-                                     cfg.model.thinking], ensure_ascii=False).encode()).hexdigest()[:16]
-    path = data_dir / "replay.jsonl"
-    if path.is_file():
-        cached = load_jsonl(path)  # answers that were left out (below) are left out of the file too
-        if cached and all(r.get("key") == key for r in cached):
-            return cached
-    answers = answer(model, tok, [{"messages": system + [{"role": "user", "content": p}], "turns": 1}
-                                  for p in prompts], cfg.eval.max_new_tokens, attention, cfg.model.thinking)
-    rows = []
-    for prompt, text in zip(prompts, answers):
-        rows.append({"id": hashlib.sha1(f"replay\x1f{prompt}".encode()).hexdigest()[:12], "key": key,
-                     "messages": system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}],
-                     "entity": "", "attribute": "", "value": "", "expected": "", "template": "replay", "turns": 1})
-    # An empty answer teaches nothing; a reasoning model's answer still reasoning when eval.max_new_tokens ran out is
-    # empty here (final_answer), so its reasoning is never trained as an answer.
-    rows = [r for r in rows if r["messages"][-1]["content"]]
-    if not rows:
-        raise KitError(f"data.replay: the base model answered none of the {len(prompts)} replay prompts within "
-                       f"eval.max_new_tokens={cfg.eval.max_new_tokens} (with model.thinking=strip, an answer still "
-                       f"reasoning when they ran out is none); raise eval.max_new_tokens, or set data.replay=0")
-    if process_state(pick_device(cfg.train.device)).is_main_process:
-        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
-    left = len(prompts) - len(rows)
-    print(f"replay: {len(rows)} answers of the base model to general prompts added to train ({path})"
-          + (f"; {left} left out, empty or cut off by eval.max_new_tokens={cfg.eval.max_new_tokens} while still "
-             f"reasoning" if left else ""), flush=True)
-    return rows
-
-
-def write_json(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+    adapter_dir = cfg.adapter_dir
+    if trainer.is_world_process_zero():
+        with atomic_dir(adapter_dir) as tmp:  # the adapter appears whole or not at all
+            trainer.save_model(str(tmp))
+            tok.save_pretrained(str(tmp))
+    metrics = summarise(trainer, result, run.train_enc, wall, run.resume_epoch)
+    if run.eval_enc:
+        metrics["eval_loss"] = final_eval_loss(trainer)
+    if kept:
+        metrics["checks"] = [vars(c) for c in checks_in(trainer.state.log_history)]
+        metrics["kept"] = kept
+    if trainer.is_world_process_zero():
+        write_json(cfg.out / "metrics.json", metrics)
+        if run.examples:
+            after = answer(trainer.model, tok, run.examples, attention=run.answer_attention,
+                           thinking=cfg.model.thinking)
+            print(show_examples(run.examples, run.before, after), flush=True)
+        print(f"train loss {metrics['train_loss']:.4f}"
+              + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
+              + f"; {metrics['tokens_per_second']:.0f} tokens/s; {wall:.0f} s", flush=True)
+    return adapter_dir
 
 
 @dataclass
@@ -319,55 +160,32 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
                precision, answer_attention, checks)
 
 
-def train(cfg: Config, callbacks: list | None = None) -> Path:
-    """Fine-tune; returns the adapter directory."""
-    from kit.lock import run_lock
+def pick_examples(path: Path, n: int, scan: int = 10_000) -> list[dict]:
+    """Up to n single-turn test rows, one per attribute, from the first `scan` rows of the file (read line by line:
+    a large test file is never loaded for this)."""
+    picked, seen = [], set()
+    if n <= 0:
+        return picked
+    with path.open(encoding="utf-8") as f:
+        for line in islice(f, scan):
+            row = json.loads(line)
+            if row["turns"] == 1 and row["attribute"] not in seen:
+                picked.append(row)
+                seen.add(row["attribute"])
+                if len(picked) == n:
+                    break
+    return picked
 
-    with run_lock(cfg, "sft.train"):
-        return _train(cfg, callbacks)
 
-
-def _train(cfg: Config, callbacks: list | None) -> Path:
-    import torch
-
-    run = build_trainer(cfg, callbacks)
-    trainer, tok = run.trainer, run.tok
-    trainable, total = trainer.model.get_nb_trainable_parameters()
-    if trainer.is_world_process_zero():
-        auto = " (auto: native bf16 on this CPU)" if cfg.train.precision == "auto" and run.device == "cpu" \
-            and run.precision == "bf16" else ""
-        print(f"device {run.device}, precision {run.precision}{auto}, attention "
-              f"{getattr(trainer.model.config, '_attn_implementation', None) or 'default'}, "
-              f"threads {torch.get_num_threads()}; LoRA trains "
-              f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
-              + (f"; resuming from {run.resume_from}" if run.resume_from else ""), flush=True)
-
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=run.resume_from)
-    wall = time.perf_counter() - start
-    kept = keep_best(trainer, cfg) if run.checks else None
-
-    adapter_dir = cfg.adapter_dir
-    if trainer.is_world_process_zero():
-        with atomic_dir(adapter_dir) as tmp:  # the adapter appears whole or not at all
-            trainer.save_model(str(tmp))
-            tok.save_pretrained(str(tmp))
-    metrics = summarise(trainer, result, run.train_enc, wall, run.resume_epoch)
-    if run.eval_enc:
-        metrics["eval_loss"] = final_eval_loss(trainer)
-    if kept:
-        metrics["checks"] = [vars(c) for c in checks_in(trainer.state.log_history)]
-        metrics["kept"] = kept
-    if trainer.is_world_process_zero():
-        write_json(cfg.out / "metrics.json", metrics)
-        if run.examples:
-            after = answer(trainer.model, tok, run.examples, attention=run.answer_attention,
-                           thinking=cfg.model.thinking)
-            print(show_examples(run.examples, run.before, after), flush=True)
-        print(f"train loss {metrics['train_loss']:.4f}"
-              + (f", eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
-              + f"; {metrics['tokens_per_second']:.0f} tokens/s; {wall:.0f} s", flush=True)
-    return adapter_dir
+def show_examples(rows: list[dict], before: list[str], after: list[str]) -> str:
+    lines = ["", "before -> after fine-tuning (held-out test questions):"]
+    for i, row in enumerate(rows):
+        lines.append(f"  Q: {row['messages'][-2]['content']}")
+        lines.append(f"     expected: {row['messages'][-1]['content']}")
+        if before:
+            lines.append(f"     before:   {before[i][:80]}")
+        lines.append(f"     after:    {after[i][:80]}")
+    return "\n".join(lines)
 
 
 def summarise(trainer, result, train_enc, wall: float, from_epoch: float) -> dict:
@@ -389,15 +207,6 @@ def summarise(trainer, result, train_enc, wall: float, from_epoch: float) -> dic
     }
 
 
-def final_eval_loss(trainer) -> float:
-    """The eval loss of the trained model: the one logged at the last step when there is one (eval_strategy epoch
-    evaluates there already), else from one more pass over the eval set."""
-    logged = [h for h in trainer.state.log_history if "eval_loss" in h]
-    if logged and logged[-1].get("step") == trainer.state.global_step:
-        return logged[-1]["eval_loss"]
-    return trainer.evaluate()["eval_loss"]
-
-
 def logged_loss(history: list[dict]) -> float | None:
     """Mean training loss over the steps the logged losses cover, each logged mean weighted by its steps."""
     total = steps = 0.0
@@ -410,15 +219,17 @@ def logged_loss(history: list[dict]) -> float | None:
     return total / steps if steps else None
 
 
-def show_examples(rows: list[dict], before: list[str], after: list[str]) -> str:
-    lines = ["", "before -> after fine-tuning (held-out test questions):"]
-    for i, row in enumerate(rows):
-        lines.append(f"  Q: {row['messages'][-2]['content']}")
-        lines.append(f"     expected: {row['messages'][-1]['content']}")
-        if before:
-            lines.append(f"     before:   {before[i][:80]}")
-        lines.append(f"     after:    {after[i][:80]}")
-    return "\n".join(lines)
+def final_eval_loss(trainer) -> float:
+    """The eval loss of the trained model: the one logged at the last step when there is one (eval_strategy epoch
+    evaluates there already), else from one more pass over the eval set."""
+    logged = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if logged and logged[-1].get("step") == trainer.state.global_step:
+        return logged[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
+
+
+def write_json(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

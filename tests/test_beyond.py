@@ -230,7 +230,7 @@ class OnesScorer:
 
 
 def test_report_gives_each_model_its_figures_and_failed_answers_beside_the_base(tiny_model, tmp_path):
-    from eval.generate import eval_rows
+    from eval.questions import eval_rows
     from eval.score import score
 
     from .conftest import tiny_run_config

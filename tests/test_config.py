@@ -90,7 +90,7 @@ def test_shipped_configs_build_real_trl_and_peft_objects(path):
     from peft import LoraConfig
     from trl import SFTConfig
 
-    from sft.train import build_lora_config, build_sft_config
+    from sft.trainer_config import build_lora_config, build_sft_config
 
     cfg = load_config(path)
     assert isinstance(cfg, Config)
@@ -104,14 +104,14 @@ def test_shipped_configs_build_real_trl_and_peft_objects(path):
 
 
 def test_every_lora_field_is_a_peft_lora_config_field():
-    """The lora section becomes peft.LoraConfig field by field (sft.train.build_lora_config): a field PEFT does not
+    """The lora section becomes peft.LoraConfig field by field (sft.trainer_config.build_lora_config): a field PEFT does not
     have would fail there, one named otherwise would be set under the wrong name."""
     import dataclasses
 
     from peft import LoraConfig as PeftLoraConfig
 
     from kit.config import LoraConfig as KitLoraConfig
-    from sft.train import build_lora_config
+    from sft.trainer_config import build_lora_config
 
     peft_fields = {f.name for f in dataclasses.fields(PeftLoraConfig)}
     assert [f.name for f in dataclasses.fields(KitLoraConfig)] == ["r", "lora_alpha", "lora_dropout",
@@ -129,13 +129,13 @@ def test_the_old_lora_keys_name_the_new_ones():
 
 def test_every_train_field_reaches_sft_config_or_is_the_kits_own():
     """A field added to TrainConfig must either exist in SFTConfig under its name, be renamed once in
-    sft.train.RENAMED_TRAIN_FIELDS, or be declared the kit's own; otherwise it would silently do nothing."""
+    sft.trainer_config.RENAMED_TRAIN_FIELDS, or be declared the kit's own; otherwise it would silently do nothing."""
     import dataclasses
 
     from trl import SFTConfig
 
     from kit.config import TrainConfig
-    from sft.train import KIT_ONLY_TRAIN_FIELDS, RENAMED_TRAIN_FIELDS
+    from sft.trainer_config import KIT_ONLY_TRAIN_FIELDS, RENAMED_TRAIN_FIELDS
 
     sft_fields = {f.name for f in dataclasses.fields(SFTConfig)}
     for f in dataclasses.fields(TrainConfig):
@@ -146,7 +146,7 @@ def test_every_train_field_reaches_sft_config_or_is_the_kits_own():
     cfg = build_config({"model": {"name_or_path": "m"}, "train": {"warmup_ratio": 0.1, "group_by_length": True,
                                                                  "save_strategy": "steps", "save_steps": 7,
                                                                  "weight_decay": 0.01, "optim": "sgd"}})
-    from sft.train import build_sft_config
+    from sft.trainer_config import build_sft_config
 
     args = build_sft_config(cfg, device="cpu", precision="fp32")
     assert (args.warmup_steps, args.train_sampling_strategy, args.save_steps) == (0.1, "group_by_length", 7)

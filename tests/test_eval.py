@@ -7,9 +7,13 @@ import pytest
 import torch
 
 from eval.generate import generate
+from eval.questions import iter_eval_rows
 from kit.files import load_jsonl
 from eval.merge import merge
-from eval.score import Scorer, markdown, score, score_rows, summarise, value_match
+from eval.metrics import Scorer, score_rows, summarise
+from eval.report import markdown
+from eval.score import _report, score, score_file
+from kit.specificity import value_match
 from kit.errors import KitError
 from kit.generation import generate_batched, reference_greedy
 from kit.chat import generation_prompt
@@ -143,10 +147,10 @@ def test_generate_writes_rows_and_resumes(trained, tiny_model, tiny_bert, tmp_pa
 
 def test_every_entry_point_answers_with_base_plus_adapter_without_an_export(trained, tiny_model, tiny_bert,
                                                                             tmp_path, capsys):
-    """Issue 26, fault 7: eval.generate, eval.chat and eval.app follow one rule (eval.generate.model_source)."""
+    """Issue 26, fault 7: eval.generate, eval.chat and eval.app follow one rule (eval.models.model_source)."""
     from eval.app import load_chats
     from eval.chat import Chat
-    from eval.generate import ModelSource, model_source
+    from eval.models import ModelSource, model_source
 
     adapter, merged = trained / "run" / "adapter", tmp_path / "merged"
     cfg = cfg_for(trained, tiny_model, tiny_bert, merged_dir=str(merged), output_dir=str(tmp_path / "ev"))
@@ -181,7 +185,7 @@ def test_generate_in_small_chunks_writes_the_same_file(trained, tiny_model, tiny
     chunked = generate(cfg_for(trained, tiny_model, tiny_bert, use_merged=False, output_dir=str(tmp_path / "b")))
     assert chunked.read_bytes() == whole.read_bytes()
     ids = [r["id"] for r in load_jsonl(whole)]
-    assert ids == [r["id"] for r in eval.generate.iter_eval_rows(cfg_for(trained, tiny_model, tiny_bert))]
+    assert ids == [r["id"] for r in iter_eval_rows(cfg_for(trained, tiny_model, tiny_bert))]
 
 
 def test_predictions_are_put_in_data_order_keeping_the_first_of_a_repeat(tmp_path):
@@ -366,7 +370,7 @@ def test_null_answers_and_answers_that_were_all_thinking_score_zero(tiny_model, 
                                '{"question": "q", "answer": "丽莎来自蒙德", "prediction": NaN, "expected": "蒙德"}',
                                json.dumps(dict(silent, prediction="丽莎来自蒙德"), ensure_ascii=False)]) + "\n",
                     encoding="utf-8")
-    out = score(make_cfg(tiny_model, tmp_path, tiny_bert), predictions=pred)
+    out = score_file(make_cfg(tiny_model, tmp_path, tiny_bert), pred)
     rows = list(csv.DictReader((out / "scores.csv").open(encoding="utf-8")))
     assert [(r["f1"], r["value_match"]) for r in rows[:4]] == [("0.0", "0")] * 4
     assert rows[0]["raw_prediction"] == "<think>丽莎来自蒙德</think>\n"
@@ -378,7 +382,7 @@ def test_null_answers_and_answers_that_were_all_thinking_score_zero(tiny_model, 
 @pytest.mark.parametrize("prediction", ["", "   ", "\n\t", None, float("nan")])
 def test_the_scorer_gives_an_empty_answer_zero(tiny_bert, prediction):
     """What every caller (eval.score, specificity drift, eval.export's artifact check) goes through."""
-    from eval.score import is_empty
+    from kit.specificity import is_empty
 
     s = Scorer(str(tiny_bert), 2, "zh", batch_size=4)
     p, r, f = s.score([prediction, "钟离是男性"], ["钟离是男性", "钟离是男性"])
@@ -395,7 +399,7 @@ def test_texts_longer_than_the_encoder_reads_are_named(tiny_model, tiny_bert, tm
                     f"钟离是什么性别?,钟离是男性,{'男' * 127},男性\n"  # 129 tokens: cut
                     f"钟离是什么性别?,{'男' * 126},钟离是男性,男性\n"  # 128 tokens: read whole
                     f"钟离是什么性别?,{'男' * 200},钟离是男性,男性\n", encoding="utf-8")
-    out = score(cfg, predictions=pred)
+    out = score_file(cfg, pred)
     rows = list(csv.DictReader((out / "scores.csv").open(encoding="utf-8")))
     assert [(r["id"], r["truncated"]) for r in rows] == [("row 2", "0"), ("row 3", "1"), ("row 4", "0"),
                                                          ("row 5", "1")]
@@ -416,7 +420,7 @@ def test_score_a_foreign_predictions_file(tiny_model, tiny_bert, tmp_path):
         w.writerow(["question", "answer", "prediction", "value"])
         w.writerow(["钟离是什么性别?", "钟离是男性", "钟离是男性", "男性"])
         w.writerow(["钟离的元素?", "岩元素", "雷元素", "岩元素"])
-    out = score(cfg, predictions=pred)
+    out = score_file(cfg, pred)
     rows = list(csv.DictReader((out / "scores.csv").open(encoding="utf-8")))
     for col in ("question", "answer", "prediction", "precision", "recall", "f1", "hash", "entity", "attribute",
                 "split", "raw_prediction", "value_match"):
@@ -442,7 +446,7 @@ def test_bad_predictions_files(tiny_model, tmp_path, content, suffix, pattern):
     pred.write_text(content, encoding="utf-8")
     cfg = make_cfg(tiny_model, tmp_path)
     with pytest.raises(KitError, match=pattern):
-        score(cfg, predictions=pred)
+        score_file(cfg, pred)
     assert not (tmp_path / "run" / "report").exists()
 
 
@@ -453,4 +457,4 @@ def test_mismatched_row_counts(tiny_model, tiny_bert, tmp_path):
     a.write_text(json.dumps(row) + "\n", encoding="utf-8")
     b.write_text((json.dumps(row) + "\n") * 2, encoding="utf-8")
     with pytest.raises(KitError, match=r"different row counts \{'a': 1, 'b': 2\}"):
-        score(cfg, models={"a": a, "b": b}, predictions=a)
+        _report(cfg, {"a": a, "b": b}, tmp_path / "report", None, own=False)

@@ -386,7 +386,7 @@ def test_an_empty_answer_scores_zero_in_the_artifact_check(tiny_bert):
     """Issue 26, fault 1: an artifact that answers nothing (llama.cpp's empty content, a think block only) scores
     F1 0 and no value, and the table counts it."""
     from eval.export import artifact_scores, markdown
-    from eval.score import Scorer
+    from eval.metrics import Scorer
 
     rows = [{"messages": [{"role": "user", "content": "钟离是什么性别?"}, {"role": "assistant", "content": "钟离是男性"}],
              "expected": "男性"},

@@ -169,7 +169,7 @@ def test_an_empty_value_is_refused_naming_the_attribute_and_the_file(tmp_path):
 
 
 def test_yes_no_values_are_answered_and_matched_as_a_field_not_a_bare_yes(tmp_path):
-    from eval.score import value_match
+    from kit.specificity import value_match
 
     people = {"星云X1手机": {"是否支持快充": "是", "价格": "3999元"}, "极光Pad平板": {"是否支持快充": "否", "价格": "4999元"}}
     out = build(staff(tmp_path, people))

@@ -191,12 +191,12 @@ def test_replay_rows_are_the_base_models_own_greedy_answers_made_once(tiny_model
     assert [r["messages"][-1]["content"] for r in rows] == [a.strip() for a in reference_greedy(model, tok, prompts, 10)]
     assert len(run.train_enc) == len(load_jsonl(cfg.data_dir / "train.jsonl")) + 5
 
-    import sft.train
+    import sft.replay
 
     def no_model_call(*a, **kw):
         raise AssertionError("the replay answers are cached; no generation expected")
 
-    monkeypatch.setattr(sft.train, "answer", no_model_call)
+    monkeypatch.setattr(sft.replay, "answer", no_model_call)
     build_trainer(cfg)  # the same replay rows, read back
     assert load_jsonl(cfg.data_dir / "replay.jsonl") == rows
 
@@ -216,7 +216,8 @@ class FixedScorer:
 
 
 def test_report_fields_from_known_inputs():
-    from eval.score import _specificity_markdown, specificity
+    from eval.metrics import specificity
+    from eval.report import _specificity_markdown
 
     def row(i, split, question, prediction, entity=""):
         return {"id": f"r{i}", "split": split, "question": question, "prediction": prediction, "entity": entity,

@@ -128,27 +128,27 @@ def test_missing_model_fails_before_anything_loads(tmp_path):
 def test_auto_precision_on_cpu_follows_native_bf16(tiny_model, tmp_path, monkeypatch, native, want):
     """precision=auto (the quickstart's): bf16 with eager attention only where the CPU multiplies bf16 natively; an
     AVX2-only CPU would emulate it ~40x slower than fp32."""
-    import sft.train as st
+    import sft.trainer_config as tc
 
-    monkeypatch.setattr(st, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(tc, "cpu_has_bf16", lambda: native)
     cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
-    precision = st.resolve_precision(cfg, "cpu")
-    assert (precision, st.training_attention(cfg, "cpu", precision)) == want
+    precision = tc.resolve_precision(cfg, "cpu")
+    assert (precision, tc.training_attention(cfg, "cpu", precision)) == want
 
 
 def test_an_attention_the_user_set_is_kept_and_long_rows_keep_sdpa(tiny_model, tmp_path, monkeypatch):
     from dataclasses import replace
 
-    import sft.train as st
+    import sft.trainer_config as tc
 
-    monkeypatch.setattr(st, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(tc, "cpu_has_bf16", lambda: True)
     cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
-    assert st.training_attention(replace(cfg, model=replace(cfg.model, attn_implementation="sdpa")), "cpu",
+    assert tc.training_attention(replace(cfg, model=replace(cfg.model, attn_implementation="sdpa")), "cpu",
                                  "bf16") == "sdpa"
-    assert st.training_attention(cfg, "cpu", "fp32") is None
-    assert st.training_attention(replace(cfg, train=replace(cfg.train, max_length=4096)), "cpu", "bf16") is None
-    assert st.training_attention(cfg, "cuda", "bf16") is None
-    run = st.build_trainer(cfg)  # the model really trains with what was chosen
+    assert tc.training_attention(cfg, "cpu", "fp32") is None
+    assert tc.training_attention(replace(cfg, train=replace(cfg.train, max_length=4096)), "cpu", "bf16") is None
+    assert tc.training_attention(cfg, "cuda", "bf16") is None
+    run = build_trainer(cfg)  # the model really trains with what was chosen
     assert run.precision == "bf16" and run.trainer.model.config._attn_implementation == "eager"
     assert run.trainer.args.bf16
 
@@ -160,17 +160,18 @@ def test_answers_are_written_with_sdpa_when_the_kit_chose_eager_and_training_kee
     from dataclasses import replace
 
     import kit.generation
-    import sft.train as st
+    import sft.trainer_config as tc
+    from sft.answers import answer, answering_attention
 
-    monkeypatch.setattr(st, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(tc, "cpu_has_bf16", lambda: True)
     cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
-    assert st.answering_attention(cfg, "eager") == "sdpa"
-    assert st.answering_attention(replace(cfg, model=replace(cfg.model, attn_implementation="eager")), "eager") is None
-    assert st.answering_attention(cfg, None) is None
-    run = st.build_trainer(cfg)
+    assert answering_attention(cfg, "eager") == "sdpa"
+    assert answering_attention(replace(cfg, model=replace(cfg.model, attn_implementation="eager")), "eager") is None
+    assert answering_attention(cfg, None) is None
+    run = build_trainer(cfg)
     model, rows = run.trainer.model, [{"messages": [{"role": "user", "content": q}], "turns": 1}
                                       for q in ("钟离来自哪里?", "丽莎是什么性别?", "法国的首都是哪里?")]
-    eager = st.answer(model, run.tok, rows, 8)
+    eager = answer(model, run.tok, rows, 8)
     seen = []
     real = kit.generation.generate_batched
 
@@ -179,6 +180,6 @@ def test_answers_are_written_with_sdpa_when_the_kit_chose_eager_and_training_kee
         return real(m, *a, **k)
 
     monkeypatch.setattr(kit.generation, "generate_batched", spy)
-    assert st.answer(model, run.tok, rows, 8, attention="sdpa") == eager
+    assert answer(model, run.tok, rows, 8, attention="sdpa") == eager
     assert seen == ["sdpa"]
     assert model.get_base_model().config._attn_implementation == "eager"
