@@ -22,7 +22,7 @@ from collections import defaultdict
 
 from data_prep.sources import load_source
 from data_prep.kinds import resolve_banks
-from data_prep.templates import GENERIC, bank_files, load_banks
+from data_prep.banks import GENERIC, bank_files, load_banks
 from eval.models import load_for_generation
 from kit.specificity import value_match
 from kit.chat import final_answer, generation_prompt, system_messages
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv, __doc__.splitlines()[0], options)
     attrs = load_source(cfg.data.source, cfg.data.language, cfg.data.entity_column)
     banks = load_banks(cfg.data.language)  # built-in banks only: which attributes had one before data_prep.phrase
-    trained = resolve_banks(attrs, load_banks(cfg.data.language, bank_files(cfg), cfg.data.templates_mode),
+    trained = resolve_banks(attrs, load_banks(cfg.data.language, bank_files(cfg), cfg.data.question_banks_mode),
                             cfg.data.source)
     with open(args.questions, encoding="utf-8", newline="") as f:
         questions = list(csv.DictReader(f))

@@ -6,7 +6,7 @@
   Knowledge-editing work calls answering these *portability* (EasyEdit: Wang et al. 2023; MQuAKE: Zhong et al. 2023
   shows edited facts failing on multi-hop questions).
 
-Phrasings: data_prep/templates/beyond_<language>.yaml. Training rows use its `questions`, on the train entity pairs
+Phrasings: data_prep/question_banks/beyond_<language>.yaml. Training rows use its `questions`, on the train entity pairs
 only; the rows eval asks (split "beyond" of `stream`, written to <data dir>/beyond.jsonl) use its `held_out`
 phrasings and the held-out pairs, with the reverse bank's held-out phrasings for reverse questions. Each eval row
 carries `check`: a JSON string of what kit/beyond.py needs to judge the answer.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.sources import Attributes, DataError
-from data_prep.templates import BUILTIN_DIR, Banks, humanise, join_items, render, spoken, template_id
+from data_prep.banks import BUILTIN_DIR, Banks, humanise, join_items, render, spoken, template_id
 from kit.beyond import CLAIM_BANK, COMPOSE_BANK
 from kit.chat import system_messages
 from kit.config import ConfigError, DataConfig, load_yaml

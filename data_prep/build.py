@@ -22,7 +22,7 @@ from pathlib import Path
 from data_prep import beyond
 from data_prep.kinds import Origin, resolve_banks
 from data_prep.sources import Attributes, Conversations, DataError, ListValue, is_hub, load_source, text_key
-from data_prep.templates import (REVERSE, Bank, Banks, bank_files, humanise, load_banks, render, spoken,
+from data_prep.banks import (BUILTIN_DIR, REVERSE, Bank, Banks, bank_files, humanise, load_banks, render, spoken,
                                  template_id)
 from kit.beyond import BEYOND_FILE, CLAIM_BANK, COMPOSE_BANK
 from kit.chat import system_messages
@@ -86,7 +86,7 @@ def _held_out(bank: Bank, bank_name: str, attribute: str, test_size: float, seed
         asked = " and ".join(f"{n} out for {what}" for n, what in ((n_test, "test"), (n_val, "validation")) if n)
         raise DataError(f"question bank '{bank_name}' (attribute \"{attribute}\") has {len(questions)} phrasing(s): "
                         f"too few to hold {asked} with data.test_size={test_size}, data.validation_size="
-                        f"{validation_size}; add phrasings (data.templates) or use data.split=random")
+                        f"{validation_size}; add phrasings (data.question_banks) or use data.split=random")
     order = sorted(questions)
     _rng(seed, "held-out", attribute).shuffle(order)
     test = set(bank.held_out) if bank.held_out else set(order[:n_test])
@@ -369,7 +369,7 @@ def _source_exists(source: str) -> bool:
 
 def fingerprint(data: DataConfig, banks: list[str] | None = None) -> str:
     """What the built files depend on: the input bytes (every file of a save_to_disk directory; a hub dataset by
-    its id only), the banks (`banks`: the user's, data.templates when not given) and the data settings."""
+    its id only), the banks (`banks`: the user's, data.question_banks when not given) and the data settings."""
     h = hashlib.sha256()
     source = Path(data.source).expanduser()
     if is_hub(data.source):
@@ -379,10 +379,9 @@ def fingerprint(data: DataConfig, banks: list[str] | None = None) -> str:
             h.update(str(f.relative_to(source)).encode() + b"\0" + f.read_bytes())
     else:
         h.update(source.read_bytes())
-    for path in [Path(__file__).parent / "templates" / f"{data.language}.yaml",
-                 Path(__file__).parent / "templates" / "kinds" / f"{data.language}.yaml",
-                 Path(__file__).parent / "templates" / f"beyond_{data.language}.yaml",
-                 *map(Path, data.templates if banks is None else banks)]:
+    for path in [BUILTIN_DIR / f"{data.language}.yaml", BUILTIN_DIR / "kinds" / f"{data.language}.yaml",
+                 BUILTIN_DIR / f"beyond_{data.language}.yaml",
+                 *map(Path, data.question_banks if banks is None else banks)]:
         h.update(path.expanduser().read_bytes() if path.expanduser().is_file() else b"")
     # data_prep.phrase's settings change the rows only through the bank file it writes, hashed above
     settings = {k: v for k, v in vars(data).items() if k != "output_dir" and not k.startswith("phrasing")}
@@ -555,7 +554,7 @@ def _build(cfg: Config) -> Path:
     else:
         if note := language_note(source, data):
             print(note)
-        loaded = load_banks(data.language, banks, data.templates_mode)
+        loaded = load_banks(data.language, banks, data.question_banks_mode)
         origins = resolve_banks(source, loaded, data.source)
         print(describe_origins(origins))
         extra["question_banks"] = {a: o.describe() for a, o in origins.items()}

@@ -4,7 +4,7 @@ An attribute without a bank of its own (入职年份, office_city, 保修期) is
 
     date, year, number, price, duration, place, person, organisation, language, list, yes_no, text
 
-and asked with that kind's frames in the data language (`data_prep/templates/kinds/<language>.yaml`): "X是哪一年进公司
+and asked with that kind's frames in the data language (`data_prep/question_banks/kinds/<language>.yaml`): "X是哪一年进公司
 的?" for a start year, "Which city is X based in?" for an office city, "X会说哪些语言?" for a list of languages. A
 sense narrows a kind by words in the attribute's name (year.start, place.office, organisation.department). `text`
 has no frames of its own: it is asked with the generic bank ("X的武器是什么?").
@@ -14,7 +14,7 @@ name decides the rest (a city, a department, a person), then the values' own end
 杭州市 a place, 粤语 a language, another entity of the file a person). A user bank overrides with
 `kinds: {attribute: kind}` or `kind.sense`.
 
-Where an attribute's phrasings come from, in order: a bank for it (built-in or data.templates: "bank"), its kind's
+Where an attribute's phrasings come from, in order: a bank for it (built-in or data.question_banks: "bank"), its kind's
 frames ("kind frames"), the generic bank ("generic"); the phrasings data_prep.phrase wrote are added to the kind's
 frames ("model-written + kind frames (year.start)"), never in their place: a small model writes some that pass every
 check and still read wrong (SmolLM2-135M for 部门: "X的股税是什么"), and the frames keep the ways people ask.
@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.sources import DataError, ListValue
-from data_prep.templates import GENERIC, Bank, Banks, humanise
+from data_prep.banks import BUILTIN_DIR, GENERIC, Bank, Banks, humanise
 from kit.config import ConfigError, load_yaml
 from kit.files import read_text
 
 __all__ = ["KINDS", "Kind", "Sense", "Origin", "infer_kind", "load_kinds", "resolve_banks", "value_kind"]
 
-KINDS_DIR = Path(__file__).parent / "templates" / "kinds"
+KINDS_DIR = BUILTIN_DIR / "kinds"
 KINDS = ("date", "year", "number", "price", "duration", "place", "person", "organisation", "language", "list",
          "yes_no", "text")
 MIN_FRAMES = 15  # frames per kind and language: as many as a bundled attribute's bank has (性别: 15)
@@ -106,9 +106,9 @@ def _check_list(raw: object, where: str, errors: list[str]) -> list[str]:
 
 
 def load_kinds(language: str) -> dict[str, Kind]:
-    """The frames of `language` (data_prep/templates/kinds/<language>.yaml), checked: every kind but `text` present,
+    """The frames of `language` (data_prep/question_banks/kinds/<language>.yaml), checked: every kind but `text` present,
     at least MIN_FRAMES questions each, placeholders known. Raises ConfigError naming the file and kind."""
-    from data_prep.templates import _check_template
+    from data_prep.banks import _check_template
 
     path = KINDS_DIR / f"{language}.yaml"
     raw = load_yaml(read_text(path, "kind frames"), str(path)) or {}
@@ -234,7 +234,7 @@ def infer_kind(attribute: str, values: list[str], kinds: dict[str, Kind], entiti
                else "leave the attribute out of an entity that has no value (rather than 无, unknown, n/a)"
                if {"yes_no", "text"} & set(seen) and len(seen) == 2 else "make its values one kind")
         raise DataError(f"{where}: attribute \"{attribute}\" mixes kinds of values ({shown}); {fix}, or name its "
-                        f"kind in a question bank (data.templates=[bank.yaml] holding `kinds: {{{attribute}: text}}`)")
+                        f"kind in a question bank (data.question_banks=[bank.yaml] holding `kinds: {{{attribute}: text}}`)")
     kind = next(iter(seen), "text")
     if kind == "list":
         items = [i for v in values for i in getattr(v, "items", (v,))]

@@ -13,7 +13,7 @@ question gets, so "Where is X from?" is not kept for office_city). The best data
 few set apart as `held_out` (the test split asks those only: phrasings that never shared a template with training),
 and answer templates the model wrote (checked the same way) after the plain "X's start year is 2019." sentence.
 
-The result is a question bank YAML (`data_prep/templates/<language>.yaml`'s format) at <output_dir>/phrasings.yaml,
+The result is a question bank YAML (`data_prep/question_banks/<language>.yaml`'s format) at <output_dir>/phrasings.yaml,
 for a person to read and edit. data_prep.build and sft.train with the same config use it as a user bank, so a rebuild
 never calls the model again and writes the same bytes. An attribute with fewer than data.phrasing_min good
 phrasings is left out (a comment in the file and a line on the console say so) and asked with its kind's frames; a
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.sources import Attributes, Conversations, DataError, load_source
-from data_prep.templates import Banks, humanise, load_banks, render, spoken
+from data_prep.banks import Banks, humanise, load_banks, render, spoken
 from kit.config import Config, parse_args, run_main
 from kit.files import write_text_atomic
 from kit.specificity import normalise
@@ -350,7 +350,7 @@ def to_yaml(written: list[Written], model: str, language: str, when: str) -> str
     import yaml
 
     lines = [f"# Question phrasings written by data_prep.phrase with {model} on {when} (language: {language}).",
-             "# A question bank like data_prep/templates/*.yaml: read it, edit or delete phrasings, add your own.",
+             "# A question bank like data_prep/question_banks/*.yaml: read it, edit or delete phrasings, add your own.",
              "# questions: used for training; held_out: asked in the test split only (data.split=phrasing);",
              "# answers: the first is the canonical answer, the others are used with data.vary_answers=true.",
              "# data_prep.build and sft.train with the same config use this file; delete it to go back to the",
@@ -388,7 +388,7 @@ def phrase(cfg: Config, overwrite: bool = False) -> Path | None:
     if isinstance(source, Conversations):
         raise DataError(f"{data.source}: a conversation dataset; data_prep.phrase writes questions for an attribute "
                         f"file ({{entity: {{attribute: value}}}} or a table)")
-    banks = load_banks(data.language, list(data.templates), data.templates_mode)
+    banks = load_banks(data.language, list(data.question_banks), data.question_banks_mode)
     origins = resolve_banks(source, banks, data.source)  # checks kinds before the model is loaded
     todo = [a for a, o in origins.items() if o.source in ("kind frames", "generic")]
     covered = [a for a in origins if a not in todo]
@@ -425,7 +425,7 @@ def phrase(cfg: Config, overwrite: bool = False) -> Path | None:
     if all(w.fallback for w in written):
         print(f"nothing written: {writer.name} wrote fewer than data.phrasing_min={data.phrasing_min} usable "
               f"phrasings for every attribute; data_prep.build asks them with their kind frames. Write a bank "
-              f"(data.templates: a YAML like data_prep/templates/{data.language}.yaml), use a bigger "
+              f"(data.question_banks: a YAML like data_prep/question_banks/{data.language}.yaml), use a bigger "
               f"data.phrasing_model, or raise data.phrasing_candidates")
         return None
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -105,17 +105,17 @@ class DataConfig:
     seed: int = 42
     # Where train.jsonl / test.jsonl / stats.json go; default: <output_dir>/data.
     output_dir: str | None = None
-    # Extra question banks (YAML, same format as data_prep/templates/<language>.yaml).
-    templates: list[str] = field(default_factory=list)
+    # Extra question banks (YAML, same format as data_prep/question_banks/<language>.yaml).
+    question_banks: list[str] = field(default_factory=list)
     # extend: user banks add phrasings to the built-in ones; replace: user banks replace them per attribute.
-    templates_mode: Literal["extend", "replace"] = "extend"
+    question_banks_mode: Literal["extend", "replace"] = "extend"
     # Use at most this many train phrasings per fact (None: all of them). Fewer rows, faster training.
     max_train_phrasings: int | None = None
     # Also ask from value to entity ("谁的身份是往生堂客卿?" -> 钟离) for values only one entity has: models taught "A is
     # B" do not learn "B is A" (the reversal curse); eval reports these rows as their own group.
     reverse: bool = False
     # Yes/no claims about each fact, true and false (a false value is another entity's value of the same attribute),
-    # answered "是的,..." / "不是,钟离来自璃月" (data_prep/beyond.py; phrasings in data_prep/templates/beyond_<language>.yaml).
+    # answered "是的,..." / "不是,钟离来自璃月" (data_prep/beyond.py; phrasings in data_prep/question_banks/beyond_<language>.yaml).
     verify: bool = False
     # One-hop rows over the table, on train entity pairs only: "钟离和甘雨的国籍一样吗?", "哪些角色来自璃月?", "有几个...?".
     compose: bool = False
@@ -451,7 +451,13 @@ def _did_you_mean(key: str, choices: list[str]) -> str:
 
 
 # Keys a YAML file of an earlier version may still hold: (section, old key) -> new key.
-RENAMED_KEYS = {("lora", "alpha"): "lora_alpha", ("lora", "dropout"): "lora_dropout"}
+# Keys a release renamed: an old key in a user's YAML is an error naming the new one (and why it was renamed).
+RENAMED_KEYS = {
+    ("lora", "alpha"): ("lora_alpha", "lora_alpha's name in PEFT, TRL and litgpt"),
+    ("lora", "dropout"): ("lora_dropout", "lora_dropout's name in PEFT, TRL and litgpt"),
+    ("data", "templates"): ("question_banks", "in this field a template is the chat template"),
+    ("data", "templates_mode"): ("question_banks_mode", "in this field a template is the chat template"),
+}
 
 
 def _build_section(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
@@ -465,9 +471,8 @@ def _build_section(cls: type, raw: Any, where: str, errors: list[str]) -> Any:
     kwargs = {}
     for key, value in raw.items():
         if (where, key) in RENAMED_KEYS:
-            new = RENAMED_KEYS[(where, key)]
-            errors.append(f"{where}.{key}: renamed to {where}.{new}, {new}'s name in PEFT, TRL and litgpt; write "
-                          f"{new}: {value!r}")
+            new, why = RENAMED_KEYS[(where, key)]
+            errors.append(f"{where}.{key}: renamed to {where}.{new} ({why}); write {new}: {value!r}")
             continue
         if key not in names:
             errors.append(f"{where}.{key}: unknown key{_did_you_mean(str(key), names)}")

@@ -62,9 +62,9 @@ def test_value_checks(tmp_path):
 def test_overrides_use_the_same_rules(tmp_path):
     p = write(tmp_path, "model: {name_or_path: m}\n")
     cfg = load_config(p, ["train.max_steps=20", "data.source=my.json", "output_dir=runs/x", "train.learning_rate=1e-3",
-                          "data.templates=[a.yaml, b.yaml]"])
+                          "data.question_banks=[a.yaml, b.yaml]"])
     assert (cfg.train.max_steps, cfg.data.source, cfg.output_dir) == (20, "my.json", "runs/x")
-    assert cfg.train.learning_rate == pytest.approx(1e-3) and cfg.data.templates == ["a.yaml", "b.yaml"]
+    assert cfg.train.learning_rate == pytest.approx(1e-3) and cfg.data.question_banks == ["a.yaml", "b.yaml"]
     with pytest.raises(ConfigError, match=r"train\.max_step: unknown key; did you mean 'max_steps'"):
         load_config(p, ["train.max_step=3"])
     with pytest.raises(ConfigError, match=r"expected key=value"):
@@ -122,9 +122,21 @@ def test_every_lora_field_is_a_peft_lora_config_field():
 
 
 def test_the_old_lora_keys_name_the_new_ones():
-    with pytest.raises(KitError, match=r"lora\.alpha: renamed to lora\.lora_alpha, lora_alpha's name in PEFT, TRL and "
-                                       r"litgpt; write lora_alpha: 32\n  lora\.dropout: renamed to lora\.lora_dropout"):
+    with pytest.raises(KitError, match=r"lora\.alpha: renamed to lora\.lora_alpha \(lora_alpha's name in PEFT, TRL and "
+                                       r"litgpt\); write lora_alpha: 32\n  lora\.dropout: renamed to lora\.lora_dropout"):
         build_config({"model": {"name_or_path": "m"}, "lora": {"alpha": 32, "dropout": 0.0}})
+
+
+def test_the_old_question_bank_keys_name_the_new_ones(tmp_path):
+    """data.templates held question banks; a template in this field is the chat template (issue 32)."""
+    config = tmp_path / "old.yaml"
+    config.write_text("model: {name_or_path: m}\ndata: {templates: [my_bank.yaml], templates_mode: replace}\n",
+                      encoding="utf-8")
+    with pytest.raises(KitError, match=r"data\.templates: renamed to data\.question_banks \(in this field a template is "
+                                       r"the chat template\); write question_banks: \['my_bank\.yaml'\]\n  "
+                                       r"data\.templates_mode: renamed to data\.question_banks_mode .*write "
+                                       r"question_banks_mode: 'replace'"):
+        load_config(config)
 
 
 def test_every_train_field_reaches_sft_config_or_is_the_kits_own():

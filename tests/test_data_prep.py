@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.build import DataError, build, generate, load_attributes, main
-from data_prep.templates import load_banks
+from data_prep.banks import load_banks
 from kit.config import ConfigError, DataConfig, build_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,10 +152,10 @@ def test_any_attribute_works_through_the_generic_bank(tmp_path):
     assert any(r["messages"][1]["content"] == "Widget's price is 12.5." for r in all_rows)
 
 
-def test_user_templates_extend_and_unknown_placeholder_fails(tmp_path, roles_file):
+def test_user_question_banks_extend_and_unknown_placeholder_fails(tmp_path, roles_file):
     bank = tmp_path / "bank.yaml"
     bank.write_text("attributes:\n  性别:\n    questions: ['{entity}到底是男是女?']\n", encoding="utf-8")
-    cfg = cfg_for(roles_file, tmp_path / "o", templates=[str(bank)])
+    cfg = cfg_for(roles_file, tmp_path / "o", question_banks=[str(bank)])
     out = build(cfg)
     qs = {r["messages"][0]["content"] for r in rows(out / "train.jsonl") + rows(out / "test.jsonl")}
     assert "钟离到底是男是女?" in qs
@@ -274,19 +274,20 @@ def test_generate_is_pure(roles_file):
 # data with the shipped quickstart config, and with a random split + reverse questions + multi-turn + varied answers.
 # stats.json since issue 13: its fingerprint hashes zh.yaml, whose generic bank's second answer became a sentence (no
 # bundled attribute uses the generic bank: the rows are the same bytes). Since issue 27 it also hashes the kind frames
-# (data_prep/templates/kinds/zh.yaml) and records each attribute's question bank ("question_banks"); every bundled
+# (data_prep/question_banks/kinds/zh.yaml) and records each attribute's question bank ("question_banks"); every bundled
 # attribute has a bank of its own, so train.jsonl and test.jsonl are the same bytes. Since issue 28 it also counts the
 # claim and one-hop rows and the eval-only beyond.jsonl rows, and the fingerprint hashes beyond_zh.yaml (rows: the
 # same bytes). Since issue 29 the quickstart holds 1-2 phrasings per attribute out for validation
 # (data.validation_size: 0.1), so train.jsonl differs; without them (the first two) both splits are the same bytes,
-# and with them (the third) test.jsonl still is; stats.json counts validation rows.
+# and with them (the third) test.jsonl still is; stats.json counts validation rows. Since issue 32 the fingerprint
+# hashes the data settings under their new names (data.question_banks, data.question_banks_mode; rows: the same bytes).
 NO_VALIDATION = ("data.validation_size=0", "train.stop_at=null")
 BEFORE_STREAMING = {
     NO_VALIDATION: {"train.jsonl": "1cccea0ae33c0524", "test.jsonl": "d0531a5a29fe4e2a",
-                    "stats.json": "79b56b94ce9c394d"},
+                    "stats.json": "e92ad5cf52f9359a"},
     (*NO_VALIDATION, "data.split=random", "data.reverse=true", "data.multi_turn=3", "data.vary_answers=true"):
-        {"train.jsonl": "0f60413bfa0a0821", "test.jsonl": "72ea4a340f6a43f9", "stats.json": "35eb67f955f5c3fa"},
-    (): {"train.jsonl": "47aff77aab6c6a4a", "test.jsonl": "d0531a5a29fe4e2a", "stats.json": "86b5b3732523092f",
+        {"train.jsonl": "0f60413bfa0a0821", "test.jsonl": "72ea4a340f6a43f9", "stats.json": "1e1f3c1aad7650a7"},
+    (): {"train.jsonl": "47aff77aab6c6a4a", "test.jsonl": "d0531a5a29fe4e2a", "stats.json": "0a8a6a89dc9c39c1",
          "validation.jsonl": "b29f12dbac14867f"},
 }
 
@@ -297,7 +298,7 @@ def test_streaming_build_writes_the_bytes_of_the_in_memory_build(overrides, tmp_
     import hashlib
 
     from data_prep.build import generate
-    from data_prep.templates import load_banks
+    from data_prep.banks import load_banks
     from kit.config import load_config
 
     monkeypatch.chdir(ROOT)  # stats.json records data.source as given: the relative path of the config

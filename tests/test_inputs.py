@@ -84,7 +84,7 @@ def test_gbk_config_file(tmp_path):
 
 
 def test_gbk_question_bank(tmp_path):
-    from data_prep.templates import load_banks
+    from data_prep.banks import load_banks
 
     bank = gbk(tmp_path / "bank.yaml", "attributes:\n  武器:\n    questions: ['{entity}用什么武器?']\n"
                                        "    answers: ['{entity}用{value}']\n")

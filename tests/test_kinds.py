@@ -105,7 +105,7 @@ def staff(tmp_path, people, bank=None, language="zh"):
     data = {"source": str(src), "language": language, "split": "phrasing"}
     if bank is not None:
         (tmp_path / "bank.yaml").write_text(bank, encoding="utf-8")
-        data["templates"] = [str(tmp_path / "bank.yaml")]
+        data["question_banks"] = [str(tmp_path / "bank.yaml")]
     return build_config({"model": {"name_or_path": "m"}, "data": data, "output_dir": str(tmp_path / "run")})
 
 
@@ -152,7 +152,7 @@ def test_values_of_mixed_kinds_are_refused_naming_the_attribute_and_the_file(tmp
     with pytest.raises(DataError, match=r'staff\.json: attribute "入职年份" mixes kinds of values \(year: 2015, '
                                         r'2019; text: 不详\); leave the attribute out of an entity that has no value '
                                         r'\(rather than 无, unknown, n/a\), or name its kind in a question bank '
-                                        r'\(data.templates=\[bank.yaml\] holding `kinds: \{入职年份: text\}`\)'):
+                                        r'\(data.question_banks=\[bank.yaml\] holding `kinds: \{入职年份: text\}`\)'):
         build(staff(tmp_path, people))
     assert not (tmp_path / "run").exists()  # refused before anything was written
 

@@ -1,6 +1,6 @@
 """Question banks: how each attribute is asked about and answered, loaded from YAML files.
 
-The built-in banks are `data_prep/templates/<language>.yaml`; `data.templates` adds user banks (extend) or
+The built-in banks are `data_prep/question_banks/<language>.yaml`; `data.question_banks` adds user banks (extend) or
 replaces the built-in ones attribute by attribute (replace).
 """
 
@@ -17,7 +17,7 @@ from kit.config import Config, ConfigError, load_yaml
 from kit.specificity import REVERSE_BANK
 from kit.files import read_text
 
-BUILTIN_DIR = Path(__file__).parent / "templates"
+BUILTIN_DIR = Path(__file__).parent / "question_banks"
 PLACEHOLDERS = {"entity", "attribute", "value", "gender", "honorific", "pronoun"}
 GENERIC = "*"
 REVERSE = REVERSE_BANK  # the bank of questions from value to entity (data.reverse)
@@ -132,7 +132,7 @@ def _parse_bank(raw: object, where: str, errors: list[str], partial: bool = Fals
 
 def _read(path: Path, errors: list[str], partial: bool) -> dict:
     if not path.is_file():
-        raise ConfigError(f"{path}: template file not found (data.templates)")
+        raise ConfigError(f"{path}: question bank not found (data.question_banks)")
     raw = load_yaml(read_text(path, "question bank"), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a mapping with 'attributes' and/or 'generic'")
@@ -200,13 +200,13 @@ def load_banks(language: str, extra: list[str] | None = None, mode: str = "exten
         gender_keys = user["gender_keys"] or gender_keys
         gender_words = user["gender_words"] or gender_words
     if errors:
-        raise ConfigError.of("question templates", errors)
+        raise ConfigError.of("question banks", errors)
     return Banks(language, attributes, generic, reverse, list(gender_keys or []), dict(gender_words or {}), kinds)
 
 
 def bank_files(cfg: Config, say: bool = False) -> list[str]:
-    """The user's banks: data.templates, then the phrasings data_prep.phrase wrote into output_dir, when there."""
-    files = list(cfg.data.templates)
+    """The user's banks: data.question_banks, then the phrasings data_prep.phrase wrote into output_dir, when there."""
+    files = list(cfg.data.question_banks)
     written = cfg.phrasings_file
     if written.is_file() and str(written) not in files:
         files.append(str(written))
