@@ -186,7 +186,7 @@ def specificity(spec: dict[str, list[dict]], train_rows: Iterable[dict], scorer:
                       for r in unknown if (found := invented(r["prediction"], r["question"], strings))]
         test = summary["models"].get(label, {}).get("per_split", {}).get("test") or {}
         out["models"][label] = {
-            "recall": test.get("value_match_rate"),
+            "value_match": test.get("value_match_rate"),  # of the test questions
             "probe_questions": len(probes), "leak_rate": len(leaks) / len(probes) if probes else None,
             "unknown_questions": len(unknown),
             "invention_rate": len(inventions) / len(unknown) if unknown else None,

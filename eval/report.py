@@ -14,7 +14,8 @@ def _specificity_markdown(sp: dict) -> list[str]:
     any_model = m[models[0]]
     lines = ["", "## Specificity: knows its facts, and stays a chat model", "",
              "| | " + " | ".join(models) + " |", "|---|" + "---|" * len(models),
-             "| recall: held-out questions with the right value | " + " | ".join(pct(m[x]["recall"]) for x in models)
+             "| value match: held-out questions with the right value | "
+             + " | ".join(pct(m[x]["value_match"]) for x in models)
              + " |",
              f"| leak: everyday questions answered with a trained name or value ({any_model['probe_questions']}) | "
              + " | ".join(pct(m[x]["leak_rate"]) for x in models) + " |",

@@ -13,7 +13,7 @@ from kit.errors import KitError
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shipped quickstart's measured figures (bench/RESULTS.md), with some room for the machine.
-RECALL_AT_LEAST = 0.9    # measured 113/120 = 0.942
+VALUE_MATCH_AT_LEAST = 0.9    # measured 113/120 = 0.942
 LEAK_AT_MOST = 0.08      # measured 0.04
 INVENTION_AT_MOST = 0.15  # measured 0.075
 
@@ -112,7 +112,7 @@ def test_quickstart_learns_the_facts_and_keeps_them_in_place(tmp_path):
     summary = json.loads((out / "eval" / "summary.json").read_text(encoding="utf-8"))
     tuned = summary["specificity"]["models"]["finetuned"]
     assert tuned["probe_questions"] == 100 and tuned["unknown_questions"] == 40
-    assert tuned["recall"] >= RECALL_AT_LEAST, tuned["recall"]
+    assert tuned["value_match"] >= VALUE_MATCH_AT_LEAST, tuned["value_match"]
     assert tuned["leak_rate"] <= LEAK_AT_MOST, tuned["leaks"]
     assert tuned["invention_rate"] <= INVENTION_AT_MOST, tuned["inventions"]
 

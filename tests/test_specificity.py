@@ -234,7 +234,7 @@ def test_report_fields_from_known_inputs():
                           "finetuned": {"per_split": {"test": {"value_match_rate": 0.99}}}}}
     sp = specificity({"base": base, "finetuned": tuned}, ROWS, FixedScorer(), summary, worst_n=10)
     ft, b = sp["models"]["finetuned"], sp["models"]["base"]
-    assert ft["recall"] == 0.99 and ft["probe_questions"] == 4 and ft["unknown_questions"] == 2
+    assert ft["value_match"] == 0.99 and ft["probe_questions"] == 4 and ft["unknown_questions"] == 2
     assert ft["leak_rate"] == 0.25  # row 3's value is in its question: only row 1 leaks
     assert [x["leaked"] for x in ft["leaks"]] == [["璃月"]]
     assert ft["invention_rate"] == 0.5 and ft["inventions"][0]["invented"] == ["璃月"]
