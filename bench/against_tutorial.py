@@ -8,8 +8,8 @@
 
 train: the same rows (the quickstart's training rows plus the base model's replay answers, which the kit trains on
 too); the tutorial's recipe as written by ../shared/tutorial_stack/train.py (batch 2 x accumulation 8 = 16 rows a
-step, bf16 autocast), the kit as `python -m sft.train configs/quickstart.yaml` with only train.max_steps set (8 rows a step, so the same
-number of rows). Loop: the training loop's seconds and real (non-pad) tokens each side reports. Whole process: the
+step, bf16 autocast), the kit as `python -m sft.train configs/quickstart.yaml` with only train.max_steps set (8 rows
+a step, so the same number of rows). Loop: the training loop's seconds and real (non-pad) tokens each side reports. Whole process: the
 command's wall time, from launch to exit, fresh output dir (the kit builds its data and answers its replay prompts
 each time, as a first run does). With --knowledge N, the last pair is the tutorial for N steps and the kit's whole
 shipped run with every epoch's checkpoint kept; each checkpoint and the tutorial's adapter then answer the held-out
@@ -113,11 +113,11 @@ def recall(model_dir: str, tok_dir: str, adapter: str | None, test: Path) -> tup
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kit.specificity import value_match
     from kit.chat import generation_prompt
     from kit.files import load_jsonl
     from kit.generation import generate_batched
     from kit.models import load_tokenizer
+    from kit.specificity import value_match
 
     tok = load_tokenizer(tok_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -227,12 +227,13 @@ def evaluate(args) -> int:
     print(f"\n{rows} questions, loading included, medians of {args.repeats} interleaved runs: tutorial {t:.1f} s, "
           f"kit {k:.1f} s -> {t / k:.2f}x")
 
-    from kit.files import load_jsonl
-    from kit.generation import reference_greedy
-    from kit.chat import generation_prompt
-    from kit.models import load_tokenizer
     import torch
     from transformers import AutoModelForCausalLM
+
+    from kit.chat import generation_prompt
+    from kit.files import load_jsonl
+    from kit.generation import reference_greedy
+    from kit.models import load_tokenizer
 
     tok = load_tokenizer(str(run / "merged"))
     m = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float32).eval()

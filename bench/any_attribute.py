@@ -20,15 +20,15 @@ import csv
 import json
 from collections import defaultdict
 
-from data_prep.sources import load_source
-from data_prep.kinds import resolve_banks
 from data_prep.banks import GENERIC, bank_files, load_banks
+from data_prep.kinds import resolve_banks
+from data_prep.sources import load_source
 from eval.models import load_for_generation
-from kit.specificity import value_match
 from kit.chat import final_answer, generation_prompt, system_messages
 from kit.config import parse_args, run_main
 from kit.generation import generate_batched
 from kit.models import pick_device, resolve, set_threads
+from kit.specificity import value_match
 
 
 def main(argv: list[str] | None = None) -> int:

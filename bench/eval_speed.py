@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from data_prep.build import ensure_built
-from kit.files import load_jsonl
 from eval.metrics import Scorer, encoder_for
+from kit.chat import generation_prompt
 from kit.config import KitError, load_config
+from kit.files import load_jsonl
 from kit.generation import generate_batched, reference_greedy, stop_token_ids
 from kit.models import load_tokenizer, set_threads
-from kit.chat import generation_prompt
 
 
 def tutorial_generate(model, tok, rows: list[dict]) -> list[str]:

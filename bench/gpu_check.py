@@ -188,7 +188,8 @@ class StepClock:
         trainer.compute_loss = counted
 
 
-def train_once(cfg, model, tok, encoded, text_rows, trainer_kind: str, checkpointing: bool, args) -> tuple[dict, object]:
+def train_once(cfg, model, tok, encoded, text_rows, trainer_kind: str, checkpointing: bool,
+               args) -> tuple[dict, object]:
     """One training run of warmup + timed steps: its figures, and the base model without its LoRA, for the next run."""
     from dataclasses import replace
 

@@ -6,7 +6,8 @@ them, on N synthetic characters x 5 attributes with the whole question bank.
 
 Peak memory is the largest sum of PSS (resident memory, pages shared between processes counted once) over the
 command's whole process tree (tokenizer workers included), sampled every 0.2 s, and at least the largest single
-process's peak RSS as the kernel counts it. The whole output of each command is kept in runs/large-<N>/<step>.log. Figures go to bench/RESULTS.md.
+process's peak RSS as the kernel counts it. The whole output of each command is kept in runs/large-<N>/<step>.log.
+Figures go to bench/RESULTS.md.
 """
 
 from __future__ import annotations

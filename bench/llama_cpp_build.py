@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             print(f"| {name} | {fmt} | failed: {got[0]['error']} | | | {len(got)} |")
             continue
-        med = lambda k: statistics.median(g[k] for g in ok)  # noqa: E731
+        def med(k, ok=ok):
+            return statistics.median(g[k] for g in ok)
+
         print(f"| {name} | {fmt} | {med('tokens_per_s'):.1f} | {med('answer_s'):.1f} | {med('load_s'):.2f} | "
               f"{len(ok)}/{len(got)} |")
     for name in builds:

@@ -23,8 +23,8 @@ from dataclasses import replace
 import torch
 
 from data_prep.build import ensure_built
-from kit.files import load_jsonl
 from kit.config import load_config
+from kit.files import load_jsonl
 from kit.models import load_model, load_tokenizer, resolve, set_threads
 from sft.encode import encode_rows
 from sft.trainer_config import build_lora_config, build_sft_config, score_only_supervised_positions
@@ -92,9 +92,9 @@ def run_once(cfg, model_path, tok, encoded, epochs: float, out_dir: str) -> tupl
 
 
 def accuracy(model, tok, rows) -> tuple[int, int]:
-    from kit.specificity import value_match
-    from kit.generation import generate_batched
     from kit.chat import generation_prompt
+    from kit.generation import generate_batched
+    from kit.specificity import value_match
 
     prompts = [generation_prompt(tok, r["messages"][:-1]) for r in rows]
     answers = generate_batched(model, tok, prompts, batch_size=32, max_new_tokens=48)
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 right[name] = accuracy(model, tok, test)
     head.set(True)
 
-    from trl.trainer.utils import compute_flops_per_token
     from transformers import AutoConfig
+    from trl.trainer.utils import compute_flops_per_token
 
     seq = statistics.median(len(e["input_ids"]) for e in encoded)
     flops_per_token = compute_flops_per_token(AutoConfig.from_pretrained(model_path), int(seq))

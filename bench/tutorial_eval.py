@@ -1,7 +1,8 @@
 """The tutorial's (003_...txt) evaluation loop, run as written on its own pinned stack (transformers 4.46), for
 bench/against_tutorial.py. Not part of the kit: run it with the tutorial stack's Python.
 
-    ~/.cache/tutorial-stack/venv/bin/python bench/tutorial_eval.py MODEL_DIR TEST_JSONL OUT_CSV ENCODER_DIR LAYER [TOKENIZER_DIR]
+    ~/.cache/tutorial-stack/venv/bin/python bench/tutorial_eval.py MODEL_DIR TEST_JSONL OUT_CSV ENCODER_DIR LAYER \
+        [TOKENIZER_DIR]
 
 For each single-turn test row, as the tutorial does: load the model and tokenizer, then per question
 `apply_chat_template` + one `model.generate` (temperature 0.1 / top_p 0.1 / top_k 10 without do_sample: greedy;

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from data_prep.sources import text_key
 from kit.config import Config, ConfigError, load_yaml
-from kit.specificity import REVERSE_BANK
 from kit.files import read_text
+from kit.rows import REVERSE_BANK
 
 BUILTIN_DIR = Path(__file__).parent / "question_banks"
 PLACEHOLDERS = {"entity", "attribute", "value", "gender", "honorific", "pronoun"}

@@ -17,17 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.sources import Attributes, DataError
 from data_prep.banks import BUILTIN_DIR, Banks, humanise, join_items, render, spoken, template_id
-from kit.beyond import CLAIM_BANK, COMPOSE_BANK
+from data_prep.sources import Attributes, DataError
 from kit.chat import system_messages
 from kit.config import ConfigError, DataConfig, load_yaml
 from kit.files import read_text
+from kit.rows import CLAIM_BANK, COMPOSE_BANK, Row, qa_row, row_id
 from kit.specificity import normalise
 
 # Claims trained per fact and answer (data.verify): this many true and this many false, each in its own phrasing.
@@ -81,7 +80,7 @@ def load_beyond(language: str) -> BeyondBank:
                 errors.append(f"{path}: {where}.{key}: must be a non-empty string")
             else:
                 out.answers[key] = node[key]
-        for k, text in enumerate(out.questions + out.held_out + list(out.answers.values())):
+        for text in out.questions + out.held_out + list(out.answers.values()):
             try:
                 names = {n for _, n, _, _ in string.Formatter().parse(text) if n is not None}
             except ValueError as e:
@@ -169,13 +168,9 @@ def _comparable(table: dict[str, dict[str, list[str]]], banks: Banks) -> list[st
 
 
 def _row(data: DataConfig, bank: str, template: str, question: str, answer: str, entity: str, attribute: str,
-         value: str, check: dict | None = None) -> dict:
-    key = "\x1f".join((bank, entity, attribute, question))
-    system = system_messages(data.system_prompt)
-    row = {"id": hashlib.sha1(key.encode()).hexdigest()[:12],
-           "messages": system + [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-           "entity": entity, "attribute": attribute, "value": value, "expected": value,
-           "template": template_id(bank, template), "turns": 1}
+         value: str, check: dict | None = None) -> Row:
+    row = qa_row(row_id(bank, entity, attribute, question), system_messages(data.system_prompt), question, answer,
+                 template_id(bank, template), entity=entity, attribute=attribute, value=value)
     if check is not None:
         row["check"] = json.dumps(check, ensure_ascii=False, sort_keys=True)
     return row
@@ -266,8 +261,8 @@ def compose_rows(attrs: Attributes, data: DataConfig, banks: Banks, bank: Beyond
                                    count=str(len(owners)))
                     check = ({"kind": kind, "entities": owners, "others": others, "count": len(owners)}
                              if held_out else None)
-                    yield _row(data, COMPOSE_BANK, template, render(template, slots), render(ph.answers["answer"], slots),
-                               "", attribute, value, check)
+                    yield _row(data, COMPOSE_BANK, template, render(template, slots),
+                               render(ph.answers["answer"], slots), "", attribute, value, check)
 
 
 def eval_rows(attrs: Attributes, data: DataConfig, banks: Banks, reverse_test: Iterator[dict]) -> Iterator[dict]:

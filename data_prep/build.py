@@ -14,21 +14,31 @@ import hashlib
 import json
 import random
 import shutil
-from itertools import islice
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 
 from data_prep import beyond
+from data_prep.banks import (
+    BUILTIN_DIR,
+    REVERSE,
+    Bank,
+    Banks,
+    bank_files,
+    humanise,
+    load_banks,
+    render,
+    spoken,
+    template_id,
+)
 from data_prep.kinds import Origin, resolve_banks
 from data_prep.sources import Attributes, Conversations, DataError, ListValue, is_hub, load_source, text_key
-from data_prep.banks import (BUILTIN_DIR, REVERSE, Bank, Banks, bank_files, humanise, load_banks, render, spoken,
-                                 template_id)
-from kit.beyond import BEYOND_FILE, CLAIM_BANK, COMPOSE_BANK
+from kit.beyond import BEYOND_FILE
 from kit.chat import system_messages
 from kit.config import VALIDATION_FILE, Config, DataConfig, parse_args, run_main
 from kit.files import atomic_file, write_text_atomic
-from kit.specificity import is_reverse
+from kit.rows import CLAIM_BANK, COMPOSE_BANK, CONVERSATION, MULTI, UNKNOWN, Row, is_fact, is_reverse, qa_row, row_id
 
 __all__ = ["DataError", "build", "ensure_built", "generate", "load_attributes", "main", "stream"]
 
@@ -94,7 +104,7 @@ def _held_out(bank: Bank, bank_name: str, attribute: str, test_size: float, seed
 
 
 def stream(attrs: Attributes, data: DataConfig, banks: Banks,
-           origins: dict[str, Origin] | None = None) -> Iterator[tuple[str, dict]]:
+           origins: dict[str, Origin] | None = None) -> Iterator[tuple[str, Row]]:
     """("train" | "test", row) pairs, in file order, generated entity by entity: nothing is held but one entity's
     train rows (for its multi-turn conversations) and the per-attribute held-out phrasings. Each attribute is asked
     with `origins` (data_prep.kinds.resolve_banks: its bank, else its kind's frames; computed when not given)."""
@@ -144,7 +154,7 @@ def stream(attrs: Attributes, data: DataConfig, banks: Banks,
 
 
 def _beyond(attrs: Attributes, data: DataConfig, banks: Banks,
-            test_entities: set[str]) -> Iterator[tuple[str, dict]]:
+            test_entities: set[str]) -> Iterator[tuple[str, Row]]:
     """data.verify / data.compose train rows, then ("beyond", row): what eval asks beyond lookup (data_prep/beyond.py),
     the reverse questions included whether data.reverse trains them or not."""
     for row in beyond.train_rows(attrs, data, banks):
@@ -154,9 +164,9 @@ def _beyond(attrs: Attributes, data: DataConfig, banks: Banks,
         yield "beyond", row
 
 
-def generate(attrs: Attributes, data: DataConfig, banks: Banks) -> tuple[list[dict], list[dict]]:
+def generate(attrs: Attributes, data: DataConfig, banks: Banks) -> tuple[list[Row], list[Row]]:
     """(train rows, test rows) in memory: `stream` collected, for small sets and tests."""
-    out: dict[str, list[dict]] = {"train": [], "test": [], "beyond": [], "validation": []}
+    out: dict[str, list[Row]] = {"train": [], "test": [], "beyond": [], "validation": []}
     for split, row in stream(attrs, data, banks):
         out[split].append(row)
     _check_not_empty(len(out["train"]), len(out["test"]), data)
@@ -207,7 +217,7 @@ def _phrasings(bank, bank_name: str, slots: dict[str, str], data: DataConfig, rn
 
 
 def _reverse(attrs: Attributes, data: DataConfig, banks: Banks,
-             test_entities: set[str]) -> Iterator[tuple[str, dict]]:
+             test_entities: set[str]) -> Iterator[tuple[str, Row]]:
     """(split, row) questions from a value back to its entity, for values exactly one entity has (in any
     attribute): "谁的身份是往生堂客卿?" -> "钟离". Split like the facts: held-out phrasings, entities or rows."""
     from kit.specificity import normalise
@@ -237,7 +247,7 @@ def _reverse(attrs: Attributes, data: DataConfig, banks: Banks,
 
 
 def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, origins: dict[str, Origin],
-                      held: dict[str, tuple[set[str], set[str]]]) -> list[dict]:
+                      held: dict[str, tuple[set[str], set[str]]]) -> list[Row]:
     """data.unknown_entities invented people, each asked every attribute once, in a train phrasing, and answered
     "I don't know" (kit/specificity.py: the names are never the ones eval probes invention with)."""
     from kit.specificity import UNKNOWN_ANSWER, invented_names
@@ -254,7 +264,7 @@ def _unknown_entities(attrs: dict[str, dict[str, str]], data: DataConfig, origin
             phrasings = [q for q in bank.questions if q not in test and q not in validation]
             template = _rng(data.seed, "unknown", name, attribute).choice(phrasings)
             item = {"question": render(template, {**slots, "attribute": humanise(attribute)}),
-                    "answer": UNKNOWN_ANSWER[data.language].format(entity=name), "template": "unknown"}
+                    "answer": UNKNOWN_ANSWER[data.language].format(entity=name), "template": UNKNOWN}
             rows.append(_row(name, attribute, "", "", item, data))
     return rows
 
@@ -283,7 +293,6 @@ def conversation_rows(conv: Conversations, data: DataConfig) -> tuple[list[dict]
         if data.system_prompt and messages[0]["role"] != "system":
             messages = system_messages(data.system_prompt) + messages
         key = json.dumps(messages, ensure_ascii=False, sort_keys=True)
-        row_id = hashlib.sha1(key.encode()).hexdigest()[:12]
         split = split or ("test" if _unit(data.seed, "conversation", key) < data.test_size else "train")
         same = json.dumps([[m["role"], text_key(m["content"])] for m in messages], ensure_ascii=False)
         if (split, same) in seen:
@@ -291,11 +300,10 @@ def conversation_rows(conv: Conversations, data: DataConfig) -> tuple[list[dict]
             continue
         seen.add((split, same))
         value = str(raw.get("value") or "")
-        out[split].append({
-            "id": row_id, "messages": messages, "entity": str(raw.get("entity") or ""),
-            "attribute": str(raw.get("attribute") or ""), "value": value,
-            "expected": str(raw.get("expected") or value), "template": "conversation",
-            "turns": sum(m["role"] == "assistant" for m in messages)})
+        out[split].append(Row(id=row_id(key), messages=messages, entity=str(raw.get("entity") or ""),
+                              attribute=str(raw.get("attribute") or ""), value=value,
+                              expected=str(raw.get("expected") or value), template=CONVERSATION,
+                              turns=sum(m["role"] == "assistant" for m in messages)))
     asked = {_question(r["messages"]) for r in out["train"]}
     test = [r for r in out["test"] if _question(r["messages"]) not in asked]
     dropped["test_in_train"] += len(out["test"]) - len(test)
@@ -315,22 +323,12 @@ def _question(messages: list[dict]) -> tuple[tuple[str, str], ...]:
     return tuple((m["role"], text_key(m["content"])) for m in messages[:-1])
 
 
-def _row(entity: str, attribute: str, value: str, expected: str, item: dict, data: DataConfig) -> dict:
-    key = "\x1f".join((entity, attribute, item["question"]))
-    return {
-        "id": hashlib.sha1(key.encode()).hexdigest()[:12],
-        "messages": system_messages(data.system_prompt) + [{"role": "user", "content": item["question"]},
-                                     {"role": "assistant", "content": item["answer"]}],
-        "entity": entity,
-        "attribute": attribute,
-        "value": value,
-        "expected": expected,
-        "template": item["template"],
-        "turns": 1,
-    }
+def _row(entity: str, attribute: str, value: str, expected: str, item: dict, data: DataConfig) -> Row:
+    return qa_row(row_id(entity, attribute, item["question"]), system_messages(data.system_prompt), item["question"],
+                  item["answer"], item["template"], entity=entity, attribute=attribute, value=value, expected=expected)
 
 
-def _multi_turn(entity: str, rows: list[dict], data: DataConfig) -> list[dict]:
+def _multi_turn(entity: str, rows: list[Row], data: DataConfig) -> list[Row]:
     """Several Q/A about one entity in one conversation, built from the entity's train rows only."""
     out = []
     by_attr: dict[str, list[dict]] = defaultdict(list)
@@ -346,16 +344,9 @@ def _multi_turn(entity: str, rows: list[dict], data: DataConfig) -> list[dict]:
         messages = system_messages(data.system_prompt)
         for row in picked:
             messages += [m for m in row["messages"] if m["role"] != "system"]
-        out.append({
-            "id": hashlib.sha1(f"{entity}\x1fmulti\x1f{k}".encode()).hexdigest()[:12],
-            "messages": messages,
-            "entity": entity,
-            "attribute": "+".join(r["attribute"] for r in picked),
-            "value": " | ".join(r["value"] for r in picked),
-            "expected": " | ".join(r["expected"] for r in picked),
-            "template": "multi",
-            "turns": len(picked),
-        })
+        out.append(Row(id=row_id(entity, MULTI, str(k)), messages=messages, entity=entity,
+                       attribute="+".join(r["attribute"] for r in picked), value=" | ".join(r["value"] for r in picked),
+                       expected=" | ".join(r["expected"] for r in picked), template=MULTI, turns=len(picked)))
     return out
 
 
@@ -410,16 +401,17 @@ class Stats:
             return
         reverse = is_reverse(r["template"])
         claim, compose = (r["template"].startswith(bank + "/") for bank in (CLAIM_BANK, COMPOSE_BANK))
+        fact = is_fact(r) and not reverse
         if split == "train":
             self.rows["train_verify"] += claim
             self.rows["train_compose"] += compose
             self.rows["train_multi_turn"] += r["turns"] > 1
-            self.rows["train_unknown_entity"] += r["template"] == "unknown"
+            self.rows["train_unknown_entity"] += r["template"] == UNKNOWN
             self.rows["train_reverse"] += reverse
         else:
             self.rows["test_reverse"] += reverse
-        self.rows["conversations"] += r["template"] == "conversation"
-        if r["turns"] == 1 and r["template"] != "unknown" and r["entity"] and not (reverse or claim or compose):
+        self.rows["conversations"] += r["template"] == CONVERSATION
+        if fact:
             # a single fact
             self.per[split]["attribute"][r["attribute"]] += 1
             self.per[split]["entity"][r["entity"]] += 1

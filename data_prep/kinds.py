@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from data_prep.sources import DataError, ListValue
 from data_prep.banks import BUILTIN_DIR, GENERIC, Bank, Banks, humanise
+from data_prep.sources import DataError, ListValue
 from kit.config import ConfigError, load_yaml
 from kit.files import read_text
 
@@ -106,8 +105,8 @@ def _check_list(raw: object, where: str, errors: list[str]) -> list[str]:
 
 
 def load_kinds(language: str) -> dict[str, Kind]:
-    """The frames of `language` (data_prep/question_banks/kinds/<language>.yaml), checked: every kind but `text` present,
-    at least MIN_FRAMES questions each, placeholders known. Raises ConfigError naming the file and kind."""
+    """The frames of `language` (data_prep/question_banks/kinds/<language>.yaml), checked: every kind but `text`
+    present, at least MIN_FRAMES questions each, placeholders known. Raises ConfigError naming the file and kind."""
     from data_prep.banks import _check_template
 
     path = KINDS_DIR / f"{language}.yaml"
@@ -234,7 +233,8 @@ def infer_kind(attribute: str, values: list[str], kinds: dict[str, Kind], entiti
                else "leave the attribute out of an entity that has no value (rather than 无, unknown, n/a)"
                if {"yes_no", "text"} & set(seen) and len(seen) == 2 else "make its values one kind")
         raise DataError(f"{where}: attribute \"{attribute}\" mixes kinds of values ({shown}); {fix}, or name its "
-                        f"kind in a question bank (data.question_banks=[bank.yaml] holding `kinds: {{{attribute}: text}}`)")
+                        f"kind in a question bank (data.question_banks=[bank.yaml] holding "
+                        f"`kinds: {{{attribute}: text}}`)")
     kind = next(iter(seen), "text")
     if kind == "list":
         items = [i for v in values for i in getattr(v, "items", (v,))]
@@ -276,8 +276,8 @@ def frames_bank(spec: str, kinds: dict[str, Kind], generic: Bank) -> Bank:
 def resolve_banks(attrs: dict[str, dict[str, str]], banks: Banks, where: str = "") -> dict[str, Origin]:
     """{attribute: Origin} for every attribute of `attrs`, in file order: its bank, else its kind's frames (kind
     inferred by `infer_kind`, or named in a bank's `kinds:`), else the generic bank; a bank data_prep.phrase wrote
-    (`written_by`) with its kind's frames added after its own phrasings. Raises DataError (a kind that mixes values, or an unknown
-    kind named in a bank) naming the attribute and the file."""
+    (`written_by`) with its kind's frames added after its own phrasings. Raises DataError (a kind that mixes values,
+    or an unknown kind named in a bank) naming the attribute and the file."""
     kinds = load_kinds(banks.language)
     values: dict[str, list[str]] = {}
     for entity_values in attrs.values():

@@ -3,8 +3,8 @@
     python -m data_prep.phrase configs/quickstart.yaml data.source=staff.json data.language=en output_dir=runs/staff
     (read and edit runs/staff/phrasings.yaml, then)  python -m sft.train configs/quickstart.yaml data.source=... (same)
 
-For each attribute without a bank of its own (asked otherwise with its kind's frames, data_prep/kinds.py), the model (data.phrasing_model,
-default model.name_or_path) is shown the attribute, its language and a few of its values, with two built-in
+For each attribute without a bank of its own (asked otherwise with its kind's frames, data_prep/kinds.py), the model
+(data.phrasing_model, default model.name_or_path) is shown the attribute, its language and a few of its values, with two built-in
 attributes as worked examples, and samples data.phrasing_candidates questions. A candidate is kept when it passes
 `check_question` (the entity placeholder once, no value of the attribute in it, a question in the data language, not
 a repeat of a kept one, within length bounds) and when the same model, asked it about a real entity, finds that
@@ -30,8 +30,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.sources import Attributes, Conversations, DataError, load_source
 from data_prep.banks import Banks, humanise, load_banks, render, spoken
+from data_prep.sources import Attributes, Conversations, DataError, load_source
 from kit.config import Config, parse_args, run_main
 from kit.files import write_text_atomic
 from kit.specificity import normalise
@@ -177,7 +177,8 @@ def check_answer(text: str, language: str, value: str, values: list[str]) -> str
     words = _words(template.replace("{value}", " "), language)
     if not 2 <= len(words) <= LENGTH[language][1] // 2 or not template.rstrip().endswith((".", "。", "!", "!")):
         return None
-    if re.search(r"answer|question|value|回答|问题", template.replace("{value}", ""), re.I):  # talks about the task, not the person
+    # a phrasing that talks about the task, not the person
+    if re.search(r"answer|question|value|回答|问题", template.replace("{value}", ""), re.I):
         return None
     if language == "en" and re.search(r"(?<!^)\b[A-Z][a-z]+", template.replace("{entity}", "")):
         return None  # a name or place the value does not give
@@ -294,7 +295,7 @@ def specific(writer: Writer, templates: list[str], attribute: str, attrs: Attrib
             pairs += [(question, a) for a in answers]
     logp = writer.answer_logprobs(pairs)
     margins = [0.0] * len(templates)
-    for entity, names, start in shape:
+    for _entity, names, start in shape:
         n = len(names)
         neutral = logp[start:start + n]
         own = names.index(attribute)
@@ -395,8 +396,8 @@ def phrase(cfg: Config, overwrite: bool = False) -> Path | None:
     if not todo:
         print(f"every attribute of {data.source} has a question bank ({', '.join(covered)}): nothing to write")
         return None
-    print(f"writing phrasings for {', '.join(todo)}" + (f" (with a bank already: {', '.join(covered)})" if covered else ""),
-          flush=True)
+    print(f"writing phrasings for {', '.join(todo)}"
+          + (f" (with a bank already: {', '.join(covered)})" if covered else ""), flush=True)
     writer = Writer(cfg)
     need = min(PROBE[1], data.phrasing_min)
     probed = {a: probe(writer, a, source, banks, data.language) for a in todo}
@@ -430,9 +431,9 @@ def phrase(cfg: Config, overwrite: bool = False) -> Path | None:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, to_yaml(written, writer.name, data.language, dt.date.today().isoformat()))
-    print("question banks: " + ", ".join(f"{a} {'model-written + ' + origins[a].describe() if not w.fallback else w.fallback}"
-                                         for a, w in zip(todo, written)) + (f", {', '.join(covered)} bank"
-                                                                            if covered else ""))
+    origin = {a: w.fallback or "model-written + " + origins[a].describe() for a, w in zip(todo, written)}
+    print("question banks: " + ", ".join(f"{a} {o}" for a, o in origin.items())
+          + (f", {', '.join(covered)} bank" if covered else ""))
     return out
 
 

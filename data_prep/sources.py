@@ -158,7 +158,7 @@ class ListValue(str):
 
     items: tuple[str, ...]
 
-    def __new__(cls, items: list[str], language: str) -> "ListValue":
+    def __new__(cls, items: list[str], language: str) -> ListValue:
         items = [v.strip() for v in items]
         self = super().__new__(cls, ("、" if language == "zh" else ", ").join(items))
         self.items = tuple(items)

@@ -265,9 +265,9 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer) -> dict:
     A llama.cpp read that crashes is a row saying so (eval.native), and the rest is still checked."""
     import torch
 
+    from eval.metrics import make_scorer
     from eval.models import load_for_generation
     from eval.native import NativeCrash, run_native
-    from eval.metrics import make_scorer
     from kit.chat import generation_prompt, opens_think
     from kit.models import pick_device, resolve, set_threads
 

@@ -19,14 +19,13 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from kit.chat import final_answer, generation_prompt, opens_think
 from eval.models import load_for_generation, model_source
 from eval.questions import iter_eval_rows
+from kit.chat import final_answer, generation_prompt, opens_think
 from kit.config import Config, KitError, parse_args, run_main
 from kit.files import atomic_file, iter_jsonl, write_text_atomic
 from kit.generation import generate_batched
 from kit.models import load_tokenizer, pick_device, process_state, set_threads
-
 
 # Rows are read, answered and written this many at a time: memory stays bounded however large the test set is.
 CHUNK_ROWS = 4096

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from eval.report import pct
 from kit.config import Config, KitError
-from kit.specificity import is_empty, is_reverse, value_match
-
+from kit.rows import PROBE, UNKNOWN, is_reverse
+from kit.specificity import is_empty, value_match
 
 # bert-score's own defaults: lang -> (model, layer).
 DEFAULT_ENCODERS = {"zh": ("bert-base-chinese", 8), "en": ("roberta-large", 17)}
@@ -174,8 +174,8 @@ def specificity(spec: dict[str, list[dict]], train_rows: Iterable[dict], scorer:
     base = {r["id"]: r["prediction"] for r in spec.get("base", [])}
     out: dict = {"models": {}, "thresholds": HIGH}
     for label, rows in spec.items():
-        probes = [r for r in rows if r["split"] == "probe"]
-        unknown = [r for r in rows if r["split"] == "unknown"]
+        probes = [r for r in rows if r["split"] == PROBE]
+        unknown = [r for r in rows if r["split"] == UNKNOWN]
         leaks = [{"question": r["question"], "base": base.get(r["id"], ""), "prediction": r["prediction"],
                   "leaked": found}
                  for r in probes
@@ -194,7 +194,7 @@ def specificity(spec: dict[str, list[dict]], train_rows: Iterable[dict], scorer:
         }
     tuned = [label for label in spec if label != "base"]
     if base and tuned:
-        rows = [r for r in spec[tuned[-1]] if r["split"] == "probe" and r["id"] in base]
+        rows = [r for r in spec[tuned[-1]] if r["split"] == PROBE and r["id"] in base]
         _, _, f1 = scorer.score([r["prediction"] for r in rows], [base[r["id"]] for r in rows])
         moved = sorted(zip(f1, rows), key=lambda x: (x[0], x[1]["question"]))[:worst_n]
         out["drift"] = {"model": tuned[-1], "rows": len(rows), "f1_mean": sum(f1) / len(f1) if f1 else None,

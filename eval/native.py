@@ -17,8 +17,9 @@ import pickle
 import signal
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kit.errors import NativeCrash
 

@@ -13,7 +13,6 @@ from kit.config import Config, KitError
 from kit.files import read_text
 from kit.specificity import SPECIFICITY_SPLITS
 
-
 REQUIRED = ("question", "answer", "prediction")
 
 

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from kit.beyond import BEYOND_FILE
 from kit.config import Config, KitError
 from kit.files import iter_jsonl
+from kit.rows import Row
 from kit.specificity import specificity_rows
 
 
-def iter_eval_rows(cfg: Config) -> Iterator[dict]:
+def iter_eval_rows(cfg: Config) -> Iterator[Row]:
     """Single-turn rows of the configured splits, each with its split name, then the specificity rows; read from the
     files one at a time. The files are checked when this is called, before anything is read."""
     paths = []
@@ -21,7 +22,7 @@ def iter_eval_rows(cfg: Config) -> Iterator[dict]:
             raise KitError(f"{path}: not found; build the data first with `python -m data_prep.build CONFIG`")
         paths.append((split, path))
 
-    def rows() -> Iterator[dict]:
+    def rows() -> Iterator[Row]:
         for split, path in paths:
             n = 0
             for r in iter_jsonl(path):
@@ -50,6 +51,6 @@ def iter_eval_rows(cfg: Config) -> Iterator[dict]:
     return itertools.chain([first], it)
 
 
-def eval_rows(cfg: Config) -> list[dict]:
+def eval_rows(cfg: Config) -> list[Row]:
     """iter_eval_rows, in a list (for small sets)."""
     return list(iter_eval_rows(cfg))

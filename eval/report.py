@@ -37,8 +37,9 @@ def _specificity_markdown(sp: dict) -> list[str]:
         if m[label]["leaks"]:
             lines += ["", f"### Leaking answers ({label})", "", "| question | base answer | answer | leaked |",
                       "|---|---|---|---|"]
-            lines += [f"| {_md_escape(r['question'])} | {_md_escape(r['base'][:80])} | {_md_escape(r['prediction'][:80])}"
-                      f" | {_md_escape(', '.join(r['leaked']))} |" for r in m[label]["leaks"]]
+            lines += [f"| {_md_escape(r['question'])} | {_md_escape(r['base'][:80])} | "
+                      f"{_md_escape(r['prediction'][:80])} | {_md_escape(', '.join(r['leaked']))} |"
+                      for r in m[label]["leaks"]]
         if m[label]["inventions"]:
             lines += ["", f"### Inventions ({label})", "", "| question | answer | invented |", "|---|---|---|"]
             lines += [f"| {_md_escape(r['question'])} | {_md_escape(r['prediction'][:80])} | "
@@ -58,7 +59,8 @@ def _beyond_markdown(b: dict) -> list[str]:
     first = m[models[0]]
     lines = ["", "## Beyond lookup: claims, reverse and one-hop questions", "",
              "Held-out phrasings (and, for comparisons, held-out entity pairs) never trained; kit/beyond.py says how "
-             "each answer is judged.", "", "| | rows | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+             "each answer is judged.", "", "| | rows | " + " | ".join(models) + " |",
+             "|---|---|" + "---|" * len(models)]
     for label, key, rows_key in [
             (f"verification: true claims confirmed (target {pct(t['true_confirmed'])})", "true_confirmed",
              "true_claims"),
@@ -152,8 +154,8 @@ def markdown(summary: dict) -> str:
             rows = max(summary["models"][m].get(key, {}).get(name, {}).get("rows", 0) for m in models)
             lines.append(f"| {_md_escape(name)} | {rows} | " + " | ".join(cells) + " |")
     for m in models:
-        lines += ["", f"## Lowest-scoring answers ({m})", "", "| F1 | match | question | expected answer | prediction |",
-                  "|---|---|---|---|---|"]
+        lines += ["", f"## Lowest-scoring answers ({m})", "",
+                  "| F1 | match | question | expected answer | prediction |", "|---|---|---|---|---|"]
         for r in summary["models"][m]["lowest"]:
             match = {True: "yes", False: "no", None: "-"}[r["value_match"]]
             lines.append(f"| {r['f1']:.3f} | {match} | {_md_escape(r['question'])} | {_md_escape(r['answer'])} | "

@@ -30,10 +30,9 @@ import re
 import unicodedata
 from decimal import Decimal
 
-from kit.specificity import CLAIM_BANK, COMPOSE_BANK, contains, is_beyond, tokens
+from kit.specificity import contains, tokens
 
-__all__ = ["BEYOND_FILE", "BEYOND_SPLITS", "CLAIM_BANK", "COMPOSE_BANK", "first_number", "is_beyond", "judge",
-           "polarity"]
+__all__ = ["BEYOND_FILE", "BEYOND_SPLITS", "first_number", "judge", "polarity", "summarise"]
 BEYOND_SPLITS = ("verify", "reverse", "onehop")  # the `split` of the rows eval answers for these measures
 BEYOND_FILE = "beyond.jsonl"
 
@@ -105,8 +104,8 @@ def _zh_number(run: str) -> int | None:
 
 
 def first_number(answer: str, names: list[str] = ()) -> Decimal | None:
-    """The first number in `answer`: digits (commas between groups of three are thousands separators), Chinese numerals up to 九十九,
-    English words up to twenty; `names` are masked first (a name with a numeral in it is no count)."""
+    """The first number in `answer`: digits (commas between groups of three are thousands separators), Chinese
+    numerals up to 九十九, English words up to twenty; `names` are masked first (a name with a numeral in it is no count)."""
     text = _ZH_NOT_NUMBERS.sub(" ", _masked(answer, list(names)))
     found = []
     for m in re.finditer(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|[零一二两三四五六七八九十]+|[a-z]+", text):
@@ -202,7 +201,7 @@ def summarise(rows_by_model: dict[str, list[dict]], language: str, worst_n: int)
     for label, rows in rows_by_model.items():
         judged = [(r, judge(r["check"], r["prediction"], language, r["question"])) for r in rows]
 
-        def count(split: str, kind: str | None = None, truth: bool | None = None) -> tuple[int, int]:
+        def count(split: str, kind: str | None = None, truth: bool | None = None, judged=judged) -> tuple[int, int]:
             sel = [(r, v) for r, v in judged if r["split"] == split
                    and (kind is None or json.loads(r["check"])["kind"] == kind)
                    and (truth is None or json.loads(r["check"]).get("truth") is truth)]

@@ -26,7 +26,6 @@ from kit.errors import ConfigError, KitError  # noqa: F401 - KitError: imported 
 from kit.files import read_text
 from kit.specificity import CHECK_NAMES, check_questions, replay_prompts
 
-
 # GGUF formats eval.export writes: the kit's own writer, then llama.cpp's quantizer (with or without the importance
 # matrix), then auto.
 GGUF_WRITER_FORMATS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
@@ -115,7 +114,8 @@ class DataConfig:
     # B" do not learn "B is A" (the reversal curse); eval reports these rows as their own group.
     reverse: bool = False
     # Yes/no claims about each fact, true and false (a false value is another entity's value of the same attribute),
-    # answered "是的,..." / "不是,钟离来自璃月" (data_prep/beyond.py; phrasings in data_prep/question_banks/beyond_<language>.yaml).
+    # answered "是的,..." / "不是,钟离来自璃月" (data_prep/beyond.py; phrasings in
+    # data_prep/question_banks/beyond_<language>.yaml).
     verify: bool = False
     # One-hop rows over the table, on train entity pairs only: "钟离和甘雨的国籍一样吗?", "哪些角色来自璃月?", "有几个...?".
     compose: bool = False

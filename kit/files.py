@@ -157,8 +157,9 @@ def decode_text(data: bytes, path: str | Path, what: str = "file") -> str:
         iconv = "GB18030" if enc.startswith("GBK") else "CP1252"
         raise KitError(
             f"{path}: the {what} is not UTF-8 (byte 0x{data[e.start]:02x} at line {line}, column {col}); it looks "
-            f"like {enc}. Save it as UTF-8 and run again: e.g. `iconv -f {iconv} -t UTF-8 {path} > fixed{Path(path).suffix}`"
-            f", or in Excel 'Save as > CSV UTF-8', in Notepad 'Save as > Encoding: UTF-8'") from None
+            f"like {enc}. Save it as UTF-8 and run again: e.g. "
+            f"`iconv -f {iconv} -t UTF-8 {path} > fixed{Path(path).suffix}`, or in Excel 'Save as > CSV UTF-8', "
+            f"in Notepad 'Save as > Encoding: UTF-8'") from None
 
 
 def load_jsonl(path: str | Path) -> list[dict]:

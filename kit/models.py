@@ -248,7 +248,8 @@ def load_model(path: str, cfg: ModelConfig, device: str, dtype=None, for_trainin
 
 def check_qlora(device: str) -> None:
     if device != "cuda":
-        raise KitError("model.load_in_4bit (QLoRA) needs a CUDA GPU; set model.load_in_4bit=false to train in 16/32 bit")
+        raise KitError("model.load_in_4bit (QLoRA) needs a CUDA GPU; set model.load_in_4bit=false to train in "
+                       "16/32 bit")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise KitError("model.load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
 

@@ -19,7 +19,6 @@ Strings are found in answers by `contains` (words and numbers whole, CJK anywher
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import re
 import unicodedata
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.files import read_text
+from kit.rows import PROBE, UNKNOWN, Row, is_fact, qa_row, question_of, row_id
 
 PROBES = Path(__file__).parent / "probes"
 
@@ -59,23 +59,7 @@ CHECK_NAMES = {
 UNKNOWN_ANSWER = {"zh": "我不知道{entity}是谁,没有关于{entity}的资料。",
                   "en": "I don't know who {entity} is; I have no information about {entity}."}
 
-SPECIFICITY_SPLITS = ("probe", "unknown")  # the `split` of the rows eval answers for these measures
-NOT_FACTS = ("unknown", "replay")  # train rows (`template`) that teach no fact
-REVERSE_BANK = "reverse"  # the question bank, and template-id prefix, of questions from value to entity
-
-
-CLAIM_BANK = "claim"  # template-id prefix of yes/no claim train rows (data.verify, kit/beyond.py)
-COMPOSE_BANK = "compose"  # template-id prefix of one-hop train rows (data.compose, kit/beyond.py)
-
-
-def is_beyond(template: str | None) -> bool:
-    """A claim or one-hop train row (data.verify, data.compose): not one fact asked on its own."""
-    return str(template or "").startswith((CLAIM_BANK + "/", COMPOSE_BANK + "/"))
-
-
-def is_reverse(template: str | None) -> bool:
-    """A row asking from a value back to its entity (data.reverse): its template id is "reverse/<hash>"."""
-    return str(template or "").startswith(REVERSE_BANK + "/")
+SPECIFICITY_SPLITS = (PROBE, UNKNOWN)  # the `split` of the rows eval answers for these measures
 # Leak and invention above these are called out in the report (the quickstart's targets).
 HIGH = {"leak": 0.05, "invention": 0.10}
 
@@ -134,8 +118,7 @@ def trained_strings(rows: Iterable[dict]) -> dict[str, dict[str, str]]:
     entities: dict[str, str] = {}
     values: dict[str, str] = {}
     for r in rows:
-        if (r.get("turns", 1) != 1 or r.get("template") in NOT_FACTS or not r.get("entity")
-                or is_beyond(r.get("template"))):
+        if not is_fact(r):
             continue
         entities.setdefault(normalise(r["entity"]), r["entity"])
         for text in (r.get("value") or "", *re.split(r"\s\|\s", r.get("expected") or "")):
@@ -227,12 +210,8 @@ def invented(answer: str, question: str, strings: dict[str, dict[str, str]]) -> 
     return new
 
 
-def _row_id(*parts: str) -> str:
-    return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:12]
-
-
 def specificity_rows(train_rows: Iterable[dict] | Callable[[], Iterable[dict]], language: str,
-                     probe_file: str | None, n_names: int, name_list: str = "probe") -> list[dict]:
+                     probe_file: str | None, n_names: int, name_list: str = "probe") -> list[Row]:
     """The rows eval answers for leak (split "probe") and invention (split "unknown"), in the shape of data rows.
 
     Invention questions are the train phrasings themselves (one per attribute and name, picked by hash), with the
@@ -242,40 +221,34 @@ def specificity_rows(train_rows: Iterable[dict] | Callable[[], Iterable[dict]], 
     def rows() -> Iterable[dict]:
         return train_rows() if callable(train_rows) else train_rows
 
-    def is_fact(r: dict) -> bool:
-        return bool(r.get("turns", 1) == 1 and r.get("template") not in NOT_FACTS and r.get("entity")
-                    and r.get("value") and not is_beyond(r.get("template")))
-
     entities: set[str] = set()
     system = None
     for r in rows():
-        if is_fact(r):
+        if is_fact(r) and r.get("value"):
             entities.add(r["entity"])
             if system is None:
                 system = [m for m in r["messages"] if m["role"] == "system"]
     if not entities:  # e.g. a conversation dataset without entity/value fields: no trained strings to look for
         return []
 
-    def row(split: str, question: str, entity: str = "", attribute: str = "", template: str = "") -> dict:
-        return {"id": _row_id(split, entity, attribute, question), "split": split,
-                "messages": system + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}],
-                "entity": entity, "attribute": attribute, "value": "", "expected": "", "template": template or split,
-                "turns": 1}
+    def row(split: str, question: str, entity: str = "", attribute: str = "", template: str = "") -> Row:
+        return qa_row(row_id(split, entity, attribute, question), system, question, "", template or split,
+                      entity=entity, attribute=attribute, split=split)
 
-    out = [row("probe", q) for q in probe_questions(language, probe_file)]
+    out = [row(PROBE, q) for q in probe_questions(language, probe_file)]
     names = invented_names(language, n_names, entities, name_list)
     # For each (name, attribute): the train row with the smallest hash of (name, attribute, row id), kept as it
     # streams past (attributes in order of first appearance).
     picks: dict[str, dict[str, tuple[str, str, str, str]]] = {}
     for r in rows():
-        if is_fact(r) and r["entity"] in r["messages"][-2]["content"]:
+        if is_fact(r) and r.get("value") and r["entity"] in question_of(r):
             best = picks.setdefault(r["attribute"], {})
             for name in names:
-                key = _row_id(name, r["attribute"], r["id"])
+                key = row_id(name, r["attribute"], r["id"])
                 if name not in best or key < best[name][0]:
-                    best[name] = (key, r["messages"][-2]["content"], r["entity"], r["template"])
+                    best[name] = (key, question_of(r), r["entity"], r["template"])
     for name in names:
         for attribute, best in picks.items():
             _, question, entity, template = best[name]
-            out.append(row("unknown", question.replace(entity, name), name, attribute, template))
+            out.append(row(UNKNOWN, question.replace(entity, name), name, attribute, template))
     return out

@@ -27,8 +27,8 @@ from transformers import TrainerCallback
 from kit.chat import system_messages
 from kit.config import Config
 from kit.files import atomic_dir, iter_jsonl, load_jsonl, write_text_atomic
-from kit.specificity import (check_questions, invented, leaked, specificity_rows, trained_strings,
-                             value_match)
+from kit.rows import PROBE, UNKNOWN, Row, qa_row, row_id
+from kit.specificity import check_questions, invented, leaked, specificity_rows, trained_strings, value_match
 from sft.answers import answer
 
 BEST_DIR = "best"  # under checkpoints/: the adapter of the best check so far, with best.json saying which
@@ -228,16 +228,16 @@ def load_adapter_weights(model, adapter_dir: Path) -> None:
     set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors")))
 
 
-def check_rows(cfg: Config, train_rows_path: Path) -> tuple[list[dict], list[dict], list[dict]]:
+def check_rows(cfg: Config, train_rows_path: Path) -> tuple[list[Row], list[Row], list[Row]]:
     """(validation rows, everyday questions, questions about invented people), as rows to answer (the question, then
     an empty answer, as eval's rows). The invented people are asked train phrasings (kit.specificity.specificity_rows,
     with CHECK_NAMES)."""
     rows = [r for r in load_jsonl(cfg.validation_file) if r.get("expected")] if cfg.validation_file.is_file() else []
     system = system_messages(cfg.data.system_prompt)
-    probes = [{"messages": system + [{"role": "user", "content": q}, {"role": "assistant", "content": ""}], "turns": 1}
+    probes = [qa_row(row_id(PROBE, q), system, q, "", PROBE, split=PROBE)
               for q in check_questions(cfg.data.language)[: cfg.train.check_probes]]
     unknown = [r for r in specificity_rows(lambda: iter_jsonl(train_rows_path), cfg.data.language, None,
-                                           cfg.train.check_names, "check") if r["split"] == "unknown"]
+                                           cfg.train.check_names, "check") if r["split"] == UNKNOWN]
     return rows, probes, unknown
 
 

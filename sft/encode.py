@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kit.encode import Encoded, EncodeError, encode  # noqa: F401 - EncodeError re-exported for sft's callers
 
+
 def _check(e: Encoded, max_length: int) -> str:
     """Why an encoded row cannot be trained on ("" when it can)."""
     if len(e.input_ids) > max_length:

@@ -10,11 +10,12 @@ from kit.chat import system_messages
 from kit.config import Config, KitError
 from kit.files import load_jsonl, write_text_atomic
 from kit.models import pick_device, process_state
+from kit.rows import REPLAY, Row, qa_row, row_id
 from kit.specificity import replay_prompts
 from sft.answers import answer
 
 
-def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path, attention: str | None = None) -> list[dict]:
+def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path, attention: str | None = None) -> list[Row]:
     """data.replay general prompts (kit/probes/replay_<language>.txt) answered greedily by the base model, as train
     rows: self-distillation that keeps the model's behaviour outside the facts. Made once and kept in
     <data dir>/replay.jsonl, keyed by everything they depend on, so a rerun or a resumed run trains on the same rows."""
@@ -27,13 +28,11 @@ def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path, attent
         cached = load_jsonl(path)  # answers that were left out (below) are left out of the file too
         if cached and all(r.get("key") == key for r in cached):
             return cached
-    answers = answer(model, tok, [{"messages": system + [{"role": "user", "content": p}], "turns": 1}
-                                  for p in prompts], cfg.eval.max_new_tokens, attention, cfg.model.thinking)
+    answers = answer(model, tok, [qa_row("", system, p, "", REPLAY) for p in prompts], cfg.eval.max_new_tokens,
+                     attention, cfg.model.thinking)
     rows = []
     for prompt, text in zip(prompts, answers):
-        rows.append({"id": hashlib.sha1(f"replay\x1f{prompt}".encode()).hexdigest()[:12], "key": key,
-                     "messages": system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}],
-                     "entity": "", "attribute": "", "value": "", "expected": "", "template": "replay", "turns": 1})
+        rows.append({**qa_row(row_id(REPLAY, prompt), system, prompt, text, REPLAY), "key": key})
     # An empty answer teaches nothing; a reasoning model's answer still reasoning when eval.max_new_tokens ran out is
     # empty here (final_answer), so its reasoning is never trained as an answer.
     rows = [r for r in rows if r["messages"][-1]["content"]]

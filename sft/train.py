@@ -20,16 +20,29 @@ from pathlib import Path
 from data_prep.build import ensure_built
 from kit.config import Config, dump_config, parse_args, run_main
 from kit.files import atomic_dir, write_text_atomic
-from kit.models import (choose_pad_token, load_model, load_tokenizer, pick_device, process_state, resolve,
-                        set_threads, versions)
+from kit.models import (
+    choose_pad_token,
+    load_model,
+    load_tokenizer,
+    pick_device,
+    process_state,
+    resolve,
+    set_threads,
+    versions,
+)
 from sft.answers import answer, answering_attention
 from sft.callbacks import LossPlotCallback
-from sft.checks import BEST_DIR, KnowledgeChecks, checks_in, keep_best, knowledge_checks
 from sft.checkpoints import check_before_loading, checkpoint_epoch
+from sft.checks import BEST_DIR, KnowledgeChecks, checks_in, keep_best, knowledge_checks
 from sft.encode import audit, encode_file, encode_rows, token_counts, with_counts
 from sft.replay import replay_rows
-from sft.trainer_config import (build_lora_config, build_sft_config, resolve_precision, score_only_supervised_positions,
-                                training_attention)
+from sft.trainer_config import (
+    build_lora_config,
+    build_sft_config,
+    resolve_precision,
+    score_only_supervised_positions,
+    training_attention,
+)
 
 
 def train(cfg: Config, callbacks: list | None = None) -> Path:

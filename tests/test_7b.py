@@ -2,10 +2,11 @@
 through the stages' `main([...])` in the README's order, on a stand-in model.
 
 The stand-in is a tiny Qwen2 (hidden 64, 2 layers, random weights) with a tokenizer that behaves like
-DeepSeek-R1-Distill-Qwen's (bench.gpu_check.stand_in_tokenizer, which the GPU check uses too): SmolLM2's BPE with R1's special tokens (BOS, EOS, <｜User｜>, <｜Assistant｜>, <think> and
-</think> as plain added tokens), BOS added by the tokenizer itself when asked for special tokens (the real
-tokenizer_config's `add_bos_token: true`) AND written by the chat template, the system prompt right after BOS, a
-generation prompt `<｜Assistant｜><think>\\n`, reasoning before `</think>` dropped from earlier assistant turns, pad ==
+DeepSeek-R1-Distill-Qwen's (bench.gpu_check.stand_in_tokenizer, which the GPU check uses too): SmolLM2's BPE with
+R1's special tokens (BOS, EOS, <｜User｜>, <｜Assistant｜>, <think> and </think> as plain added tokens), BOS added
+by the tokenizer itself when asked for special tokens (the real tokenizer_config's `add_bos_token: true`) AND
+written by the chat template, the system prompt right after BOS, a generation prompt `<｜Assistant｜><think>\\n`,
+reasoning before `</think>` dropped from earlier assistant turns, pad ==
 eos, and the real config's quirks (config.json's bos_token_id is the eos id; generation_config.json samples at 0.6).
 Before the kit sees it, the test teaches it to answer like a reasoning model whatever it is asked: REASONING, then
 `</think>`, then ANSWER, then <｜end▁of▁sentence｜>, so that stopping and think handling can be checked on what a model
@@ -109,8 +110,8 @@ def r1_tokenizer_dir(base_tokenizer_dir, tmp_path_factory) -> Path:
                                      tokenize=False, add_generation_prompt=True)
     assert prompt == "<｜begin▁of▁sentence｜>S<｜User｜>hi<｜Assistant｜><think>\n"
     assert tok(prompt)["input_ids"][:2] == [BOS, BOS]  # the trap the kit must avoid: BOS twice
-    history = tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "x</think>y"}],
-                                      tokenize=False)
+    history = tok.apply_chat_template([{"role": "user", "content": "a"},
+                                       {"role": "assistant", "content": "x</think>y"}], tokenize=False)
     assert history == "<｜begin▁of▁sentence｜><｜User｜>a<｜Assistant｜>y<｜end▁of▁sentence｜>"
     return out
 
@@ -281,7 +282,12 @@ def test_every_training_row_prompt_and_gguf_prompt_starts_with_exactly_one_bos(r
         assert llm.metadata["tokenizer.ggml.bos_token_id"] == str(BOS)
         tokenised_prompts = []
         real = llm.tokenize
-        llm.tokenize = lambda text, *a, **k: tokenised_prompts.append(real(text, *a, **k)) or tokenised_prompts[-1]
+
+        def tokenize(text, *a, _seen=tokenised_prompts, _real=real, **k):
+            _seen.append(_real(text, *a, **k))
+            return _seen[-1]
+
+        llm.tokenize = tokenize
         llm.create_chat_completion(messages=conversation, max_tokens=1, temperature=0.0, top_k=1)
         prompt = tokenised_prompts[0]
         assert prompt[0] == BOS and prompt.count(BOS) == 1, fmt

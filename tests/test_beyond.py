@@ -4,10 +4,10 @@ import json
 
 import pytest
 
+from data_prep.banks import load_banks
 from data_prep.beyond import load_beyond
 from data_prep.build import build, generate, load_attributes
 from data_prep.sources import DataError, text_key
-from data_prep.banks import load_banks
 from kit.beyond import first_number, judge, polarity
 from kit.config import build_config
 

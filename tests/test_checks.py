@@ -15,6 +15,7 @@ from sft.checks import Check, best_check
 from sft.train import train
 from tests.test_train import Crash, tiny_cfg
 
+
 def checked_cfg(model, tmp_path, data=None, **train_kw):
     """tiny_cfg with a validation split (2 phrasings per attribute) and knowledge checks every epoch (3 steps)."""
     stop_at = train_kw.pop("stop_at", None)

@@ -104,8 +104,8 @@ def test_shipped_configs_build_real_trl_and_peft_objects(path):
 
 
 def test_every_lora_field_is_a_peft_lora_config_field():
-    """The lora section becomes peft.LoraConfig field by field (sft.trainer_config.build_lora_config): a field PEFT does not
-    have would fail there, one named otherwise would be set under the wrong name."""
+    """The lora section becomes peft.LoraConfig field by field (sft.trainer_config.build_lora_config): a field PEFT
+    does not have would fail there, one named otherwise would be set under the wrong name."""
     import dataclasses
 
     from peft import LoraConfig as PeftLoraConfig
@@ -122,8 +122,9 @@ def test_every_lora_field_is_a_peft_lora_config_field():
 
 
 def test_the_old_lora_keys_name_the_new_ones():
-    with pytest.raises(KitError, match=r"lora\.alpha: renamed to lora\.lora_alpha \(lora_alpha's name in PEFT, TRL and "
-                                       r"litgpt\); write lora_alpha: 32\n  lora\.dropout: renamed to lora\.lora_dropout"):
+    with pytest.raises(KitError, match=r"lora\.alpha: renamed to lora\.lora_alpha \(lora_alpha's name in PEFT, TRL "
+                                       r"and litgpt\); write lora_alpha: 32\n  lora\.dropout: renamed to "
+                                       r"lora\.lora_dropout"):
         build_config({"model": {"name_or_path": "m"}, "lora": {"alpha": 32, "dropout": 0.0}})
 
 
@@ -151,7 +152,8 @@ def test_every_train_field_reaches_sft_config_or_is_the_kits_own():
 
     sft_fields = {f.name for f in dataclasses.fields(SFTConfig)}
     for f in dataclasses.fields(TrainConfig):
-        assert (f.name in sft_fields) + (f.name in RENAMED_TRAIN_FIELDS) + (f.name in KIT_ONLY_TRAIN_FIELDS) >= 1, f.name
+        reaches = (f.name in sft_fields) + (f.name in RENAMED_TRAIN_FIELDS) + (f.name in KIT_ONLY_TRAIN_FIELDS)
+        assert reaches >= 1, f.name
         assert not (f.name in KIT_ONLY_TRAIN_FIELDS and f.name in RENAMED_TRAIN_FIELDS), f.name
     for name, rename in RENAMED_TRAIN_FIELDS.items():
         assert set(rename(None)) <= sft_fields, name

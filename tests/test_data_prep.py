@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.build import DataError, build, generate, load_attributes, main
 from data_prep.banks import load_banks
+from data_prep.build import DataError, build, generate, load_attributes, main
 from kit.config import ConfigError, DataConfig, build_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,8 +297,8 @@ BEFORE_STREAMING = {
 def test_streaming_build_writes_the_bytes_of_the_in_memory_build(overrides, tmp_path, monkeypatch):
     import hashlib
 
-    from data_prep.build import generate
     from data_prep.banks import load_banks
+    from data_prep.build import generate
     from kit.config import load_config
 
     monkeypatch.chdir(ROOT)  # stats.json records data.source as given: the relative path of the config

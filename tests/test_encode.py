@@ -3,8 +3,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from kit.models import load_tokenizer
 from kit.chat import generation_prompt, strip_think
+from kit.models import load_tokenizer
 from sft.encode import EncodeError, audit, encode, encode_rows
 
 from .conftest import CHATML, DEEPSEEK, LLAMA3

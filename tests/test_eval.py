@@ -7,16 +7,15 @@ import pytest
 import torch
 
 from eval.generate import generate
-from eval.questions import iter_eval_rows
-from kit.files import load_jsonl
 from eval.merge import merge
 from eval.metrics import Scorer, score_rows, summarise
 from eval.report import markdown
-from eval.score import _report, score, score_file
-from kit.specificity import value_match
-from kit.errors import KitError
-from kit.generation import generate_batched, reference_greedy
+from eval.score import _report, score_file
 from kit.chat import generation_prompt
+from kit.errors import KitError
+from kit.files import load_jsonl
+from kit.generation import generate_batched, reference_greedy
+from kit.specificity import value_match
 from sft.train import train
 
 from .conftest import tiny_run_config
@@ -169,8 +168,8 @@ def test_every_entry_point_answers_with_base_plus_adapter_without_an_export(trai
     merge(cfg)  # with an export, the export answers; eval.use_merged=false keeps base + adapter
     assert model_source(cfg, "finetuned") == ModelSource(str(merged), None, f"the merged export {merged}")
     kept = cfg_for(trained, tiny_model, tiny_bert, merged_dir=str(merged), use_merged=False)
-    assert model_source(kept, "finetuned") == ModelSource(str(tiny_model), str(adapter),
-                                                          f"base {tiny_model} + adapter {adapter}: eval.use_merged=false")
+    assert model_source(kept, "finetuned") == ModelSource(
+        str(tiny_model), str(adapter), f"base {tiny_model} + adapter {adapter}: eval.use_merged=false")
     (tmp_path / "untrained").mkdir()
     with pytest.raises(KitError, match=r"no fine-tuned model: no merged export in .*merged and no trained adapter in "
                                        r".*adapter; train first with `python -m sft\.train CONFIG`"):
@@ -184,8 +183,11 @@ def test_generate_in_small_chunks_writes_the_same_file(trained, tiny_model, tiny
     monkeypatch.setattr(eval.generate, "CHUNK_ROWS", 3)  # rows read, answered and written 3 at a time
     chunked = generate(cfg_for(trained, tiny_model, tiny_bert, use_merged=False, output_dir=str(tmp_path / "b")))
     assert chunked.read_bytes() == whole.read_bytes()
-    ids = [r["id"] for r in load_jsonl(whole)]
-    assert ids == [r["id"] for r in iter_eval_rows(cfg_for(trained, tiny_model, tiny_bert))]
+    got = load_jsonl(whole)
+    test = [r["id"] for r in load_jsonl(cfg_for(trained, tiny_model, tiny_bert).data_dir / "test.jsonl")]
+    assert [r["id"] for r in got[:len(test)]] == test  # the test questions first, in file order
+    assert [r["split"] for r in got[len(test):len(test) + 100]] == ["probe"] * 100  # then the everyday probes
+    assert len({r["id"] for r in got}) == len(got)
 
 
 def test_predictions_are_put_in_data_order_keeping_the_first_of_a_repeat(tmp_path):

@@ -349,7 +349,7 @@ def test_export_main_checks_every_artifact(merged_models, tiny_bert, tmp_path, c
     print({k: (v["equal_to_merged"], v["value_match_n"]) for k, v in rows.items()})
     assert rows["gguf f16 (llama.cpp)"]["equal_to_merged"] >= n - 2  # its own f16 kernels: a near tie may flip
     md = (tmp_path / "run" / "eval" / "artifacts.md").read_text(encoding="utf-8")
-    assert f"| gguf f16 (transformers) |" in md and f"| {n}/{n} |" in md
+    assert "| gguf f16 (transformers) |" in md and f"| {n}/{n} |" in md
 
 
 def test_llama_cpp_killed_by_sigill_is_a_row_and_the_rest_is_still_checked(merged_models, tiny_bert, tmp_path, capsys,
@@ -362,7 +362,8 @@ def test_llama_cpp_killed_by_sigill_is_a_row_and_the_rest_is_still_checked(merge
 
     llama_cpp()
     monkeypatch.setattr(eval.export, "answer_with_llama_cpp", llama_cpp_dies_on_q8_0)
-    result = export_main(make_cfg(tmp_path, merged_models["llama"], tiny_bert, export_formats=["q8_0", "f16"]), tmp_path)
+    cfg = make_cfg(tmp_path, merged_models["llama"], tiny_bert, export_formats=["q8_0", "f16"])
+    result = export_main(cfg, tmp_path)
     rows = {a["artifact"]: a for a in result["artifacts"]}
     assert list(rows) == ["merged", "gguf q8_0 (transformers)", "gguf q8_0 (llama.cpp)", "gguf f16 (transformers)",
                           "gguf f16 (llama.cpp)"]

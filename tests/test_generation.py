@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import kit.generation as gen
+from kit.chat import generation_prompt
 from kit.generation import generate_batched, reference_greedy
 from kit.models import load_tokenizer
-from kit.chat import generation_prompt
 
 QUESTIONS = ["钟离是什么性别?", "请问丽莎的国籍是什么?", "你好", "丽莎使用哪种元素?", "钟离从哪里来的?",
              "很长的问题" * 5, "Who is Zhongli?", "a", "凯亚的身份是什么?请简单回答。"]
@@ -128,7 +128,7 @@ def test_prefill_passes_are_the_cheapest_cut_of_the_queue():
         rows, ids = [[0] * n for n in lengths], list(range(len(lengths)))
         overhead, max_tokens = rng.choice([0, 8, 48]), rng.choice([30, 80, 2048])
 
-        def cost(groups):
+        def cost(groups, rows=rows, max_tokens=max_tokens, overhead=overhead):
             sizes = [len(rows[g[-1]]) * len(g) for g in groups]
             if any(s > max_tokens and len(g) > 1 for s, g in zip(sizes, groups)):
                 return float("inf")

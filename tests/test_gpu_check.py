@@ -36,7 +36,8 @@ def test_tests_that_mention_cuda_are_found(tmp_path):
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_a.py").write_text(
         "import torch\n\ndef test_on_gpu():\n    x = torch.ones(1, device='cuda')\n\n\n"
-        "@pytest.mark.slow\ndef test_cpu():\n    pass\n\ndef test_named():\n    assert pick('CUDA')\n", encoding="utf-8")
+        "@pytest.mark.slow\ndef test_cpu():\n    pass\n\ndef test_named():\n    assert pick('CUDA')\n",
+        encoding="utf-8")
     assert cuda_tests(tmp_path) == ["tests/test_a.py::test_on_gpu", "tests/test_a.py::test_named",
                                     "tests/test_e2e.py::test_cli_chain", "tests/test_7b.py"]
 

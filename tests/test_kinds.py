@@ -226,7 +226,7 @@ def test_english_data_built_as_chinese_gets_a_note(tmp_path, capsys):
 ])
 def test_a_json_value_that_cannot_be_read_says_how_to_write_it(tmp_path, value, message):
     src = tmp_path / "staff.json"
-    src.write_text('{"林晓雯": {"部门": %s}}' % value, encoding="utf-8")
+    src.write_text('{"林晓雯": {"部门": ' + value + "}}", encoding="utf-8")
     cfg = build_config({"model": {"name_or_path": "m"}, "data": {"source": str(src)},
                         "output_dir": str(tmp_path / "run")})
     with pytest.raises(DataError, match=message):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from data_prep import phrase as phrase_mod
+from data_prep.banks import humanise, join_items, load_banks
 from data_prep.build import DataError, build, generate
 from data_prep.phrase import Written, check_answer, check_question, phrase, to_yaml
 from data_prep.sources import load_source
-from data_prep.banks import humanise, join_items, load_banks
 from kit.config import ConfigError, DataConfig, build_config
 
 STAFF = {

@@ -8,8 +8,18 @@ import json
 import pytest
 
 from kit.config import KitError, build_config
-from kit.specificity import (PROBE_NAMES, TRAIN_NAMES, contains, invented, invented_names, leaked, probe_questions,
-                             replay_prompts, specificity_rows, trained_strings)
+from kit.specificity import (
+    PROBE_NAMES,
+    TRAIN_NAMES,
+    contains,
+    invented,
+    invented_names,
+    leaked,
+    probe_questions,
+    replay_prompts,
+    specificity_rows,
+    trained_strings,
+)
 
 ROWS = [  # train rows as data_prep writes them (only the fields these functions read)
     {"entity": "钟离", "attribute": "身份", "value": "往生堂客卿,岩神", "expected": "往生堂客卿,岩神", "template": "t1",
@@ -71,9 +81,11 @@ def test_specificity_rows_ask_train_phrasings_about_people_in_no_data():
     rows = specificity_rows(ROWS, "zh", None, 3)
     probes = [r for r in rows if r["split"] == "probe"]
     unknown = [r for r in rows if r["split"] == "unknown"]
-    assert [r["messages"][-2]["content"] for r in probes] == probe_questions("zh")
-    assert len(probes) == 100 and "法国的首都是哪里?" in [r["question"] if "question" in r else
-                                                          r["messages"][-2]["content"] for r in probes]
+    asked = [r["messages"][-2]["content"] for r in probes]  # kit/probes/probe_zh.txt, in file order
+    assert len(probes) == 100 and asked[:3] == ["法国的首都是哪里?", "一加一等于几?", "李白是谁?"]
+    assert asked[-1] == "小孩子几岁开始上学?" and len(set(asked)) == 100
+    assert {(r["template"], r["entity"], r["value"], r["messages"][-1]["content"]) for r in probes} == {
+        ("probe", "", "", "")}  # nobody asked about, nothing expected
     assert [r["entity"] for r in unknown] == ["王建国"] * 3 + ["陈默"] * 3 + ["李秀英"] * 3
     questions = {r["messages"][-2]["content"] for r in unknown if r["entity"] == "王建国"}
     assert questions <= {"王建国先生是做什么的?", "王建国是男性还是女性?", "王建国来自哪个国家?"}
@@ -173,10 +185,10 @@ def test_unknown_entity_rows(tmp_path):
 
 
 def test_replay_rows_are_the_base_models_own_greedy_answers_made_once(tiny_model, tmp_path, monkeypatch):
+    from kit.chat import generation_prompt
     from kit.files import load_jsonl
     from kit.generation import reference_greedy
     from kit.models import load_model, load_tokenizer
-    from kit.chat import generation_prompt
     from sft.train import build_trainer
 
     cfg = data_cfg(tmp_path, replay=5)
@@ -188,7 +200,8 @@ def test_replay_rows_are_the_base_models_own_greedy_answers_made_once(tiny_model
     tok = load_tokenizer(str(tiny_model))
     model = load_model(str(tiny_model), cfg.model, "cpu")
     prompts = [generation_prompt(tok, r["messages"][:-1]) for r in rows]
-    assert [r["messages"][-1]["content"] for r in rows] == [a.strip() for a in reference_greedy(model, tok, prompts, 10)]
+    greedy = reference_greedy(model, tok, prompts, 10)  # an independent greedy loop (kit.generation)
+    assert [r["messages"][-1]["content"] for r in rows] == [a.strip() for a in greedy]
     assert len(run.train_enc) == len(load_jsonl(cfg.data_dir / "train.jsonl")) + 5
 
     import sft.replay
