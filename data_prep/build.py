@@ -40,7 +40,7 @@ from kit.config import VALIDATION_FILE, Config, DataConfig, parse_args, run_main
 from kit.files import atomic_file, write_text_atomic
 from kit.rows import CLAIM_BANK, COMPOSE_BANK, CONVERSATION, MULTI, UNKNOWN, Row, is_fact, is_reverse, qa_row, row_id
 
-__all__ = ["DataError", "build", "ensure_built", "generate", "load_attributes", "main", "stream"]
+__all__ = ["DataError", "build", "build_rows", "ensure_built", "load_attributes", "main", "stream"]
 
 
 def load_attributes(path: str | Path, language: str = "zh", entity_column: str | None = None) -> Attributes:
@@ -164,7 +164,7 @@ def _beyond(attrs: Attributes, data: DataConfig, banks: Banks,
         yield "beyond", row
 
 
-def generate(attrs: Attributes, data: DataConfig, banks: Banks) -> tuple[list[Row], list[Row]]:
+def build_rows(attrs: Attributes, data: DataConfig, banks: Banks) -> tuple[list[Row], list[Row]]:
     """(train rows, test rows) in memory: `stream` collected, for small sets and tests."""
     out: dict[str, list[Row]] = {"train": [], "test": [], "beyond": [], "validation": []}
     for split, row in stream(attrs, data, banks):

@@ -6,7 +6,7 @@ import pytest
 
 from data_prep.banks import load_banks
 from data_prep.beyond import load_beyond
-from data_prep.build import build, generate, load_attributes
+from data_prep.build import build, build_rows, load_attributes
 from data_prep.sources import DataError, text_key
 from kit.beyond import first_number, judge, polarity
 from kit.config import build_config
@@ -177,7 +177,7 @@ def test_options_only_add_rows_and_eval_questions_are_never_trained(tmp_path):
 
 def test_false_claims_state_another_entitys_value_of_the_same_attribute(tmp_path):
     attrs = load_attributes(ROOT / "data" / "genshin_roles.json")
-    train, _ = generate(attrs, _cfg(tmp_path, verify=True).data, load_banks("zh"))
+    train, _ = build_rows(attrs, _cfg(tmp_path, verify=True).data, load_banks("zh"))
     claims = [r for r in train if r["template"].startswith("claim/")]
     no = [r for r in claims if r["messages"][-1]["content"].startswith("不是")]
     assert len(no) == len(claims) - len(no) == 80

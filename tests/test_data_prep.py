@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.banks import load_banks
-from data_prep.build import DataError, build, generate, load_attributes, main
+from data_prep.build import DataError, build, build_rows, load_attributes, main
 from kit.config import ConfigError, DataConfig, build_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_phrasings_that_read_alike_are_kept_once_and_never_in_both_splits(tmp_pa
     bank = tmp_path / "bank.yaml"
     bank.write_text(ALIKE_BANK, encoding="utf-8")
     data = DataConfig(source="x", split="random", seed=42, test_size=0.5)
-    train, test = generate({"钟离": {"国籍": "璃月"}}, data, load_banks("zh", [str(bank)], "replace"))
+    train, test = build_rows({"钟离": {"国籍": "璃月"}}, data, load_banks("zh", [str(bank)], "replace"))
     assert [r["messages"][0]["content"] for r in train] == ["钟离来自哪里 ?"]
     assert [r["messages"][0]["content"] for r in test] == ["钟离是哪国人?", "钟离的国籍是?", "钟离是哪里人?"]
 
@@ -267,7 +267,7 @@ def test_main_prints_stats(roles_file, tmp_path, capsys):
 def test_generate_is_pure(roles_file):
     attrs = load_attributes(roles_file)
     data = DataConfig(source=str(roles_file))
-    assert generate(attrs, data, load_banks("zh")) == generate(attrs, data, load_banks("zh"))
+    assert build_rows(attrs, data, load_banks("zh")) == build_rows(attrs, data, load_banks("zh"))
 
 
 # SHA-256 (first 16 hex digits) of the files the previous, in-memory data_prep.build (7fe408a) wrote for the bundled
@@ -298,7 +298,7 @@ def test_streaming_build_writes_the_bytes_of_the_in_memory_build(overrides, tmp_
     import hashlib
 
     from data_prep.banks import load_banks
-    from data_prep.build import generate
+    from data_prep.build import build_rows
     from kit.config import load_config
 
     monkeypatch.chdir(ROOT)  # stats.json records data.source as given: the relative path of the config
@@ -306,7 +306,7 @@ def test_streaming_build_writes_the_bytes_of_the_in_memory_build(overrides, tmp_
     out = build(cfg)
     for name, digest in BEFORE_STREAMING[overrides].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest()[:16] == digest, name
-    # and the same rows as generate() collects in memory
-    train, test = generate(load_attributes(cfg.data.source), cfg.data, load_banks("zh"))
+    # and the same rows as build_rows() collects in memory
+    train, test = build_rows(load_attributes(cfg.data.source), cfg.data, load_banks("zh"))
     assert [json.loads(line) for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines()] == train
     assert len(test) == len((out / "test.jsonl").read_text(encoding="utf-8").splitlines())

@@ -9,7 +9,7 @@ import pytest
 
 from data_prep import phrase as phrase_mod
 from data_prep.banks import humanise, join_items, load_banks
-from data_prep.build import DataError, build, generate
+from data_prep.build import DataError, build, build_rows
 from data_prep.phrase import Written, check_answer, check_question, phrase, to_yaml
 from data_prep.sources import load_source
 from kit.config import ConfigError, DataConfig, build_config
@@ -56,7 +56,7 @@ def test_list_values_are_named_in_full():
 
 def test_rows_without_a_bank_use_the_words_and_every_list_item(tmp_path):
     cfg = staff_config(tmp_path, split="random", test_size=0.3)
-    train, test = generate(load_source(cfg.data.source, "en"), cfg.data, load_banks("en"))
+    train, test = build_rows(load_source(cfg.data.source, "en"), cfg.data, load_banks("en"))
     by_q = {r["messages"][0]["content"]: r for r in train + test}
     year = by_q["What is Mara Okafor's start year?"]
     assert year["messages"][1]["content"] == "Mara Okafor's start year is 2019."
@@ -72,7 +72,7 @@ def test_chinese_list_values(tmp_path):
     src.write_text(json.dumps({"林若溪": {"语言": ["约鲁巴语", "葡萄牙语"], "国籍": "璃月"}}, ensure_ascii=False),
                    encoding="utf-8")
     data = DataConfig(source=str(src), split="random", test_size=0.3)
-    train, test = generate(load_source(str(src), "zh"), data, load_banks("zh"))
+    train, test = build_rows(load_source(str(src), "zh"), data, load_banks("zh"))
     row = next(r for r in train + test if r["messages"][0]["content"] == "林若溪会说哪些语言?")  # language frames
     assert row["messages"][1]["content"] == "林若溪会说约鲁巴语和葡萄牙语"
     assert row["expected"] == "约鲁巴语 | 葡萄牙语"
