@@ -108,7 +108,7 @@ def tutorial_train(run: int, steps: int, data: Path, bf16: bool) -> dict:
             "rows": steps * TUTORIAL_ROWS_PER_STEP, "precision": "bf16" if bf16 else "fp32"}
 
 
-def recall(model_dir: str, tok_dir: str, adapter: str | None, test: Path) -> tuple[int, int]:
+def value_match_count(model_dir: str, tok_dir: str, adapter: str | None, test: Path) -> tuple[int, int]:
     """Held-out questions whose value is in the greedy answer (48 new tokens, batched)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -152,7 +152,7 @@ def knowledge(kit: dict, tut: dict, test: Path) -> list[str]:
     base = resolve(load_config(CONFIG).model)
     for ckpt in sorted(Path(kit["out"], "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
         minutes = ((ckpt / "trainer_state.json").stat().st_mtime - kit["start"]) / 60
-        right, n = recall(base, base, str(ckpt), test)
+        right, n = value_match_count(base, base, str(ckpt), test)
         epoch = json.loads((ckpt / "trainer_state.json").read_text())["epoch"]
         lines.append(f"  kit       {ckpt.name:16s} epoch {epoch:4.1f}  {minutes:5.1f} min  {right}/{n} "
                      f"({100 * right / n:.1f}%){'  >= 95%' if right >= 0.95 * n else ''}")
@@ -160,7 +160,7 @@ def knowledge(kit: dict, tut: dict, test: Path) -> list[str]:
     merged = Path(tut["out"]) / "merged"
     timed([str(python), "-c", MERGE_TUTORIAL, str(model), str(Path(tut["out"]) / "adapter"), str(merged)],
           Path(tut["out"]) / "merge.log")
-    right, n = recall(str(merged), str(merged), None, test)
+    right, n = value_match_count(str(merged), str(merged), None, test)
     lines.append(f"  tutorial  stopped after {tut['rows'] // TUTORIAL_ROWS_PER_STEP} steps ({tut['rows']} rows) "
                  f"{tut['whole_s'] / 60:5.1f} min  {right}/{n} ({100 * right / n:.1f}%)")
     return lines
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--repeats", type=int, default=3)
     t.add_argument("--steps", type=int, default=20, help="tutorial steps (16 rows each); the kit runs the same rows")
     t.add_argument("--knowledge", type=int, default=0, metavar="N",
-                   help="last pair: the tutorial for N steps, the kit's whole shipped run, then recall")
+                   help="last pair: the tutorial for N steps, the kit's whole shipped run, then value match")
     t.add_argument("--tutorial-precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 as written where the CPU has native bf16, else fp32 (its fastest)")
     e = sub.add_parser("eval")

@@ -91,7 +91,7 @@ def run_once(cfg, model_path, tok, encoded, epochs: float, out_dir: str) -> tupl
     return time.perf_counter() - start, trainer.model
 
 
-def accuracy(model, tok, rows) -> tuple[int, int]:
+def value_match_count(model, tok, rows) -> tuple[int, int]:
     from kit.chat import generation_prompt
     from kit.generation import generate_batched
     from kit.specificity import value_match
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(seconds)
             print(f"  [{rep + 1}/{n_repeats}] {name:8s} {tokens / seconds:7.1f} tokens/s ({seconds:.1f} s)", flush=True)
             if args.accuracy:
-                right[name] = accuracy(model, tok, test)
+                right[name] = value_match_count(model, tok, test)
     head.set(True)
 
     from transformers import AutoConfig

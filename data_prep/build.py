@@ -228,7 +228,7 @@ def _reverse(attrs: Attributes, data: DataConfig, banks: Banks,
             owners[normalise(value)].add(entity)
     bank = banks.reverse
     gender_keys = {k.lower() for k in banks.gender_keys}  # "who is an adult male?" has no single answer
-    # reverse questions are never validation rows: training checks what eval's recall measures
+    # reverse questions are never validation rows: training checks what eval's forward value match measures
     held = ((_held_out(bank, REVERSE, REVERSE, data.test_size, data.seed)[0], set()) if data.split == "phrasing"
             else (set(), set()))
     for entity, values in attrs.items():

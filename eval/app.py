@@ -32,7 +32,7 @@ ALL = "(all)"
 
 def load_chats(cfg: Config) -> tuple[dict, str | None]:
     """({"finetuned": Chat, "base": Chat}, None), or ({}, why not) when there is no fine-tuned model yet. The
-    fine-tuned model is eval.generate's (`model_source`): the merged export when there is one, else base + adapter
+    fine-tuned model is eval.generate's (`eval.models.model_source`): the merged export when there is one, else base + adapter
     (the app never merges: it writes nothing)."""
     from eval.chat import Chat
 

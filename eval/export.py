@@ -386,7 +386,7 @@ def choose_format(cfg: Config, writer: Writer, merged: dict, check) -> dict:
 
 
 def artifact_scores(scorer, rows: list[dict], preds: list[str], merged: list[str]) -> dict:
-    """One artifact's line of the table: its answers to `rows` scored as eval.score scores them (an empty answer:
+    """One artifact's line of the table: its answers to `rows` scored as eval.metrics scores them (an empty answer:
     F1 0, no value), against the merged model's answers."""
     from kit.specificity import is_empty, value_match
 

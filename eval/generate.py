@@ -4,7 +4,7 @@
     python -m eval.generate configs/quickstart.yaml eval.splits=[train,test] eval.use_merged=false
     python -m eval.generate configs/quickstart.yaml --model base      # the untuned base, for comparison
 
-The merged export answers when there is one, else base + adapter (`model_source`: eval.chat and eval.app follow
+The merged export answers when there is one, else base + adapter (`eval.models.model_source`: eval.chat and eval.app follow
 the same rule); the console and predictions.meta.json say which. Writes <eval dir>/predictions.jsonl
 (predictions-base.jsonl for the base), one row per question, appended as each batch finishes; a rerun skips the
 rows already there. Greedy by default; <think> blocks are removed from `prediction` according to model.thinking,

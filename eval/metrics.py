@@ -16,7 +16,8 @@ DEFAULT_ENCODERS = {"zh": ("bert-base-chinese", 8), "en": ("roberta-large", 17)}
 
 
 def encoder_for(cfg: Config) -> tuple[str, int | None, str]:
-    """(model path or hub id, layer, name for the report) of the BERTScore encoder."""
+    """(model path or hub id, layer, name for the report) of the BERTScore encoder. Raises KitError for a local
+    encoder (eval.bertscore_model: a file, directory or pkg://) that cannot be found."""
     from kit.models import resolve
 
     name = cfg.eval.bertscore_model
@@ -34,7 +35,8 @@ def encoder_for(cfg: Config) -> tuple[str, int | None, str]:
 
 class Scorer:
     """BERTScore with the encoder loaded once; pairs scored in length-sorted buckets (bert-score sorts by
-    space-separated words, which does nothing for Chinese)."""
+    space-separated words, which does nothing for Chinese). Raises KitError, naming the encoder, when it cannot be
+    loaded."""
 
     def __init__(self, model_type: str, num_layers: int | None, lang: str, batch_size: int = 64, label: str = ""):
         import bert_score
@@ -88,6 +90,7 @@ class Scorer:
 
 
 def make_scorer(cfg: Config) -> Scorer:
+    """The Scorer of eval.bertscore_model (bert-score's default for data.language when unset); see `Scorer`."""
     model_type, layer, label = encoder_for(cfg)
     return Scorer(model_type, layer, cfg.data.language, cfg.eval.bertscore_batch_size, label)
 
@@ -141,6 +144,8 @@ def _group(rows: list[dict], key: str, threshold: float) -> dict:
 
 
 def summarise(rows: list[dict], cfg: Config, scorer: Scorer, source: str) -> dict:
+    """summary.json without specificity and beyond: per model, overall / per attribute / per split / per direction
+    figures (`_stats`), the lowest-scoring answers, and what scored them (encoder, threshold, versions)."""
     from kit.models import versions
 
     threshold = cfg.eval.f1_threshold

@@ -18,7 +18,7 @@ class ModelSource(NamedTuple):
 def model_source(cfg: Config, which: str) -> ModelSource:
     """The model that answers, by one rule for every entry point that answers (eval.generate, eval.chat, eval.app):
     the merged export when there is one, else base + adapter, unless eval.use_merged says which. Checks that it
-    exists before anything loads."""
+    exists before anything loads: raises KitError naming what is missing and the command that makes it."""
     if which == "base":
         return ModelSource(resolve(cfg.model), None, f"the base model {cfg.model.name_or_path}")
     merged = (cfg.merged_dir / "config.json").is_file()
@@ -39,6 +39,8 @@ def model_source(cfg: Config, which: str) -> ModelSource:
 
 
 def load_for_generation(cfg: Config, path: str, adapter: str | None, device: str):
+    """(model in eval mode, tokenizer) for a `model_source`: the tokenizer saved with the adapter when there is one
+    (it carries the chat template the run trained with), the weights from `path`, the adapter on top, unmerged."""
     tok = load_tokenizer(adapter or path, cfg.model.trust_remote_code)
     model = load_model(path, cfg.model, device)
     if adapter:

@@ -17,7 +17,8 @@ REQUIRED = ("question", "answer", "prediction")
 
 
 def read_predictions(path: Path) -> list[dict]:
-    """Rows of a CSV or JSONL predictions file, checked: required columns present, no empty question/answer."""
+    """Rows of a CSV, TSV, JSON or JSONL predictions file, checked: required columns present, no empty question or
+    answer. Raises KitError naming the file (and the row) when it is missing, unreadable, empty or incomplete."""
     import pandas as pd
 
     if not path.is_file():
@@ -32,7 +33,7 @@ def read_predictions(path: Path) -> list[dict]:
             df = pd.read_csv(text, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str,
                              keep_default_na=False)
         else:
-            raise KitError(f"{path}: unsupported predictions format; use .csv, .tsv or .jsonl")
+            raise KitError(f"{path}: unsupported predictions format; use .csv, .tsv, .json or .jsonl")
     except ValueError as e:
         if isinstance(e, KitError):
             raise

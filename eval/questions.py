@@ -1,4 +1,5 @@
-"""The questions eval asks: the test split's rows, then the specificity and beyond rows, read lazily."""
+"""The questions eval asks: the single-turn rows of eval.splits (test by default), then the specificity rows
+(everyday probes, invented people) and the beyond rows (claims, reverse, one hop), read lazily."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from kit.specificity import specificity_rows
 
 
 def iter_eval_rows(cfg: Config) -> Iterator[Row]:
-    """Single-turn rows of the configured splits, each with its split name, then the specificity rows; read from the
-    files one at a time. The files are checked when this is called, before anything is read."""
+    """Single-turn rows of eval.splits, each with its split name, then the specificity rows, then the beyond rows;
+    read from the files one at a time. The files are checked when this is called, before anything is read: raises
+    KitError when a split's file is missing or holds no single-turn row."""
     paths = []
     for split in cfg.eval.splits:
         path = cfg.data_dir / f"{split}.jsonl"

@@ -89,6 +89,7 @@ def _beyond_markdown(b: dict) -> list[str]:
 
 
 def pct(x: float | None) -> str:
+    """A share as the report writes it: 0.95 -> "95.0%", None -> "n/a"."""
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
@@ -110,6 +111,7 @@ def _truncation_warnings(summary: dict, shown: int = 20) -> list[str]:
 
 
 def markdown(summary: dict) -> str:
+    """summary.md from summary.json's dict: overall, specificity, beyond, per attribute, lowest-scoring answers."""
     models = list(summary["models"])
     lines = ["# Evaluation report", "",
              f"Source: `{summary['source']}`  ", f"BERTScore encoder: `{summary['encoder']}` "
@@ -166,6 +168,8 @@ def markdown(summary: dict) -> str:
 
 
 def plots(rows: list[dict], summary: dict, out: Path, cjk: bool = True) -> None:
+    """f1_hist.png (BERTScore F1 per model) and attributes.png (value match and F1 per attribute) into `out`; without
+    a CJK font (`cjk` false) Chinese attribute names are drawn as #n, numbered as in summary.md."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -5,7 +5,8 @@ fact-level value match, and write a report a person can act on.
     python -m eval.score configs/quickstart.yaml --predictions answers.csv    # any CSV/JSONL with
                                                                               # question, answer, prediction
 
-Writes to <eval dir>: scores.csv (one row per answer), summary.md and summary.json, f1_hist.png, attributes.png.
+Writes scores.csv (one row per answer), summary.md and summary.json, f1_hist.png and attributes.png: to <eval dir>
+for the kit's own predictions; with --predictions, to <output_dir>/report (or eval.output_dir when set).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def score(cfg: Config, models: dict[str, Path] | None = None, scorer: Scorer | N
 
     models: {label: predictions file} side by side, e.g. {"base": ..., "finetuned": ...} (eval.run passes the files it
     just wrote); by default the fine-tuned model's file, and the base model's beside it when eval.compare_base or
-    eval.specificity asks for it and it exists. Raises KitError for a file that does not answer every question."""
+    eval.specificity asks for it and it exists. Raises KitError for a file that does not answer every question, or
+    files that answer different numbers of them."""
     from kit.lock import run_lock
 
     if models is None:
@@ -43,8 +45,8 @@ def score(cfg: Config, models: dict[str, Path] | None = None, scorer: Scorer | N
 
 def score_file(cfg: Config, predictions: Path, scorer: Scorer | None = None) -> Path:
     """Score a predictions file from anywhere (CSV or JSONL with question, answer, prediction columns; see
-    eval.predictions.read_predictions) into <output_dir>/report; returns that directory. Raises KitError naming the
-    file and row of anything missing, before the encoder loads."""
+    eval.predictions.read_predictions) into <output_dir>/report (eval.output_dir when set); returns that directory.
+    Raises KitError naming the file and row of anything missing, before the encoder loads."""
     from kit.lock import run_lock
 
     with run_lock(cfg, "eval.score"):

@@ -450,7 +450,6 @@ def _did_you_mean(key: str, choices: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(choices))}"
 
 
-# Keys a YAML file of an earlier version may still hold: (section, old key) -> new key.
 # Keys a release renamed: an old key in a user's YAML is an error naming the new one (and why it was renamed).
 RENAMED_KEYS = {
     ("lora", "alpha"): ("lora_alpha", "lora_alpha's name in PEFT, TRL and litgpt"),

@@ -26,7 +26,7 @@ class Row(TypedDict, total=False):
     expected: str  # what a right answer must contain (value match); the value unless data says otherwise
     template: str  # which phrasing made it: a bank's template id "<bank>/<hash>", or one of the kinds below
     turns: int  # assistant turns
-    split: str  # eval rows only: the split or measure it is asked for (TEST, PROBE, UNKNOWN, a BEYOND split)
+    split: str  # eval rows only: the split or measure it is asked for ("test", PROBE, UNKNOWN, kit.beyond.BEYOND_SPLITS)
     check: str  # beyond rows only: JSON of what the answer must say (kit.beyond.judge)
     key: str  # replay rows only: the cache key of the answers (sft.replay)
 
@@ -43,9 +43,8 @@ REVERSE_BANK = "reverse"  # from a value back to its entity (data.reverse)
 CLAIM_BANK = "claim"  # yes/no claims (data.verify, kit/beyond.py)
 COMPOSE_BANK = "compose"  # one hop over the table (data.compose, kit/beyond.py)
 
-# The splits data_prep writes, and what eval asks besides them (the `split` of eval rows).
-TRAIN, VALIDATION, TEST = "train", "validation", "test"
-PROBE = "probe"  # an everyday question: leak and drift (kit.specificity)
+# The `split` of an eval row asking an everyday question: leak and drift (kit.specificity).
+PROBE = "probe"
 
 
 def row_id(*parts: str) -> str:

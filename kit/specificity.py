@@ -1,6 +1,6 @@
 """Specificity: a model that knows its facts must also keep them where they belong.
 
-Three measures (computed by eval.score, on rows eval.generate answers next to the test questions):
+Three measures (computed by eval.metrics.specificity, on rows eval.generate answers next to the test questions):
 - leak: everyday questions that mention no entity (`probes/probe_<lang>.txt`, or `eval.probe_file`). An answer leaks
   when it contains a trained entity name or attribute value that neither the question nor the base model's answer
   to it contains.

@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-from kit.config import Config, KitError
+from kit.config import Config
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -46,17 +46,3 @@ def checkpoint_epoch(checkpoint: str | None) -> float:
         return 0.0
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
     return float(state.get("epoch") or 0.0)
-
-
-def check_before_loading(cfg: Config, device: str) -> str | None:
-    """Everything that can be checked cheaply, before the model loads. Returns the checkpoint to resume from."""
-    t = cfg.train
-    if t.resume == "never" and cfg.checkpoints_dir.is_dir() and any(cfg.checkpoints_dir.glob("checkpoint-*")):
-        raise KitError(f"{cfg.out}: holds checkpoints of an earlier run ({cfg.checkpoints_dir}); set "
-                       f"train.resume=auto to continue it, or choose another output_dir")
-    ckpt = last_checkpoint(cfg) if t.resume == "auto" else None
-    if t.use_liger_kernel and device != "cuda":
-        raise KitError("train.use_liger_kernel needs a CUDA GPU; set it to false on CPU")
-    if t.padding_free and device != "cuda":
-        raise KitError("train.padding_free needs flash attention on a GPU; use train.packing on CPU")
-    return ckpt

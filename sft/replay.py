@@ -18,7 +18,8 @@ from sft.answers import answer
 def replay_rows(cfg: Config, model, tok, model_path: str, data_dir: Path, attention: str | None = None) -> list[Row]:
     """data.replay general prompts (kit/probes/replay_<language>.txt) answered greedily by the base model, as train
     rows: self-distillation that keeps the model's behaviour outside the facts. Made once and kept in
-    <data dir>/replay.jsonl, keyed by everything they depend on, so a rerun or a resumed run trains on the same rows."""
+    <data dir>/replay.jsonl, keyed by everything they depend on, so a rerun or a resumed run trains on the same rows.
+    Raises KitError when the base model answered none of the prompts within eval.max_new_tokens."""
     prompts = replay_prompts(cfg.data.language)[: cfg.data.replay]  # at most all of them: checked in kit.config
     system = system_messages(cfg.data.system_prompt)
     key = hashlib.sha256(json.dumps([cfg.model.name_or_path, model_path, prompts, system, cfg.eval.max_new_tokens,

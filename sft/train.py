@@ -18,7 +18,7 @@ from itertools import islice
 from pathlib import Path
 
 from data_prep.build import ensure_built
-from kit.config import Config, dump_config, parse_args, run_main
+from kit.config import Config, KitError, dump_config, parse_args, run_main
 from kit.files import atomic_dir, write_text_atomic
 from kit.models import (
     choose_pad_token,
@@ -32,7 +32,7 @@ from kit.models import (
 )
 from sft.answers import answer, answering_attention
 from sft.callbacks import LossPlotCallback
-from sft.checkpoints import check_before_loading, checkpoint_epoch
+from sft.checkpoints import checkpoint_epoch, last_checkpoint
 from sft.checks import BEST_DIR, KnowledgeChecks, checks_in, keep_best, knowledge_checks
 from sft.encode import audit, encode_file, encode_rows, token_counts, with_counts
 from sft.replay import replay_rows
@@ -171,6 +171,21 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     choose_pad_token(tok)  # SFTTrainer falls back to eos when the tokenizer had no pad token; keep ours
     return Run(trainer, tok, train_enc, eval_enc, examples, before, resume_from, checkpoint_epoch(resume_from), device,
                precision, answer_attention, checks)
+
+
+def check_before_loading(cfg: Config, device: str) -> str | None:
+    """Everything that can be checked cheaply, before the model loads. Returns the checkpoint to resume from. Raises
+    KitError for checkpoints of an earlier run with train.resume=never, and for GPU-only options on a CPU."""
+    t = cfg.train
+    if t.resume == "never" and cfg.checkpoints_dir.is_dir() and any(cfg.checkpoints_dir.glob("checkpoint-*")):
+        raise KitError(f"{cfg.out}: holds checkpoints of an earlier run ({cfg.checkpoints_dir}); set "
+                       f"train.resume=auto to continue it, or choose another output_dir")
+    ckpt = last_checkpoint(cfg) if t.resume == "auto" else None
+    if t.use_liger_kernel and device != "cuda":
+        raise KitError("train.use_liger_kernel needs a CUDA GPU; set it to false on CPU")
+    if t.padding_free and device != "cuda":
+        raise KitError("train.padding_free needs flash attention on a GPU; use train.packing on CPU")
+    return ckpt
 
 
 def pick_examples(path: Path, n: int, scan: int = 10_000) -> list[dict]:
