@@ -26,6 +26,7 @@ from eval.gguf import ExportError, check_architecture, check_system_prompt, mode
 from eval.quantize import AUTO_CANDIDATES, INSTALL, is_llama_cpp_format, uses_imatrix
 from kit.config import GGUF_FORMATS, Config, parse_args, run_main
 from kit.files import TEMP_PREFIX, write_text_atomic
+from kit.rows import question_of
 
 SECTION_START = "<!-- kit:artifacts -->"
 SECTION_END = "<!-- /kit:artifacts -->"
@@ -446,7 +447,7 @@ def write_check(cfg: Config, result: dict, rows: list[dict], answers: dict[str, 
     for label, preds in answers.items():
         name = label.replace(" ", "-").replace("(", "").replace(")", "").replace(".", "")
         write_text_atomic(out / "artifacts" / f"{name}.jsonl", "".join(
-            json.dumps({"id": r["id"], "question": r["messages"][-2]["content"], "expected": r.get("expected"),
+            json.dumps({"id": r["id"], "question": question_of(r), "expected": r.get("expected"),
                         "prediction": p}, ensure_ascii=False) + "\n" for r, p in zip(rows, preds)))
     md = markdown(result)
     write_text_atomic(out / "artifacts.json", json.dumps(result, ensure_ascii=False, indent=2) + "\n")

@@ -26,6 +26,7 @@ from kit.config import Config, KitError, parse_args, run_main
 from kit.files import atomic_file, iter_jsonl, write_text_atomic
 from kit.generation import generate_batched
 from kit.models import load_tokenizer, pick_device, process_state, set_threads
+from kit.rows import question_of
 
 # Rows are read, answered and written this many at a time: memory stays bounded however large the test set is.
 CHUNK_ROWS = 4096
@@ -194,7 +195,7 @@ def generate_with_vllm(cfg: Config, which: str, rows: list[dict], path: str, ada
 def prediction_row(r: dict, raw: str, thinking: str, opened: bool = False) -> dict:
     """A predictions file row; `opened`: the prompt opened a <think> block (kit.chat.final_answer)."""
     pred = final_answer(raw, thinking, opened)
-    return {"id": r["id"], "split": r["split"], "question": r["messages"][-2]["content"],
+    return {"id": r["id"], "split": r["split"], "question": question_of(r),
             "answer": r["messages"][-1]["content"], "prediction": pred, "raw_prediction": raw,
             "entity": r["entity"], "attribute": r["attribute"], "value": r["value"], "expected": r["expected"],
             "template": r["template"], **({"check": r["check"]} if "check" in r else {})}

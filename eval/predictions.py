@@ -105,12 +105,17 @@ def _ids(path: Path) -> set[str]:
     return ids
 
 
-def check_complete(cfg: Config, path: Path) -> None:
-    """The kit's own predictions at `path` must answer every question of the evaluated splits (eval.questions), no
-    more: raises KitError naming how many are answered and how to finish."""
-    got = _ids(path)
+def check_complete(cfg: Config, paths: Iterable[Path]) -> None:
+    """Each of the kit's own predictions files in `paths` that exists must answer every question of the evaluated
+    splits (eval.questions), no more: raises KitError naming the file, how many are answered and how to finish. The
+    questions are read once, however many files (a missing file is left to read_predictions to report)."""
+    files = [path for path in paths if path.is_file()]
+    if not files:
+        return
     expected = {r["id"] for r in iter_eval_rows(cfg)}
-    if got != expected:
-        raise KitError(f"{path}: {len(got & expected)} of {len(expected)} questions answered "
-                       f"({len(got - expected)} unknown rows); run `python -m eval.generate CONFIG` again to finish, "
-                       f"or set eval.overwrite=true to start over")
+    for path in files:
+        got = _ids(path)
+        if got != expected:
+            raise KitError(f"{path}: {len(got & expected)} of {len(expected)} questions answered "
+                           f"({len(got - expected)} unknown rows); run `python -m eval.generate CONFIG` again to "
+                           f"finish, or set eval.overwrite=true to start over")

@@ -37,9 +37,7 @@ def score(cfg: Config, models: dict[str, Path] | None = None, scorer: Scorer | N
         if (cfg.eval.compare_base or cfg.eval.specificity) and cfg.predictions_file("base").is_file():
             models = {"base": cfg.predictions_file("base"), **models}
     with run_lock(cfg, "eval.score"):
-        for path in models.values():
-            if path.is_file():  # a file cut short by a stop is not scored (a missing one: read_predictions says so)
-                check_complete(cfg, path)
+        check_complete(cfg, models.values())  # a file cut short by a stop is not scored
         return _report(cfg, models, cfg.eval_dir, scorer, own=True)
 
 

@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 from kit.chat import system_messages
 from kit.config import Config
 from kit.files import atomic_dir, iter_jsonl, load_jsonl, write_text_atomic
-from kit.rows import PROBE, UNKNOWN, Row, qa_row, row_id
+from kit.rows import PROBE, UNKNOWN, Row, qa_row, question_of, row_id
 from kit.specificity import check_questions, invented, leaked, specificity_rows, trained_strings, value_match
 from sft.answers import answer
 
@@ -120,10 +120,9 @@ class KnowledgeChecks(TrainerCallback):
         answers, said = every[:len(self.rows)], every[len(self.rows):len(self.rows) + len(self.probes)]
         about_nobody = every[len(self.rows) + len(self.probes):]
         right = [x for x in (value_match(r["expected"], a) for r, a in zip(self.rows, answers)) if x is not None]
-        leaks = [bool(leaked(a, p["messages"][-2]["content"], b, self.strings))
+        leaks = [bool(leaked(a, question_of(p), b, self.strings))
                  for p, a, b in zip(self.probes, said, self.base_probe_answers or [""] * len(said))]
-        inventions = [bool(invented(a, r["messages"][-2]["content"], self.strings))
-                      for r, a in zip(self.unknown, about_nobody)]
+        inventions = [bool(invented(a, question_of(r), self.strings)) for r, a in zip(self.unknown, about_nobody)]
         c = Check(state.global_step, round(state.epoch or 0.0, 4), share(right) or 0.0, share(leaks),
                   share(inventions), round(time.perf_counter() - start, 2))
         state.log_history.append(c.log())

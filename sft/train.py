@@ -30,6 +30,7 @@ from kit.models import (
     set_threads,
     versions,
 )
+from kit.rows import question_of
 from sft.answers import answer, answering_attention
 from sft.callbacks import LossPlotCallback
 from sft.checkpoints import checkpoint_epoch, last_checkpoint
@@ -208,7 +209,7 @@ def pick_examples(path: Path, n: int, scan: int = 10_000) -> list[dict]:
 def show_examples(rows: list[dict], before: list[str], after: list[str]) -> str:
     lines = ["", "before -> after fine-tuning (held-out test questions):"]
     for i, row in enumerate(rows):
-        lines.append(f"  Q: {row['messages'][-2]['content']}")
+        lines.append(f"  Q: {question_of(row)}")
         lines.append(f"     expected: {row['messages'][-1]['content']}")
         if before:
             lines.append(f"     before:   {before[i][:80]}")
