@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+from itertools import islice
 from pathlib import Path
 
 from kit.encode import Encoded, EncodeError, encode  # noqa: F401 - EncodeError re-exported for sft's callers
@@ -155,6 +156,35 @@ def token_counts(encoded) -> dict:
     if parts is None:
         raise EncodeError("an encoded dataset without its counts; make it with encode_file / with_counts")
     return parts
+
+
+def longest_answers(encoded, limit: int, scan: int = 20_000) -> tuple[int, int, int]:
+    """(rows whose longest supervised run is over `limit` tokens, rows read, the longest run in tokens) over the first
+    `scan` rows of `encoded` (a list of {input_ids, labels} or an encoded dataset). A supervised run is one answer
+    with its end-of-turn token: what generation must write before it stops, so a run longer than eval.max_new_tokens
+    is an answer eval and the training checks would cut."""
+    over = read = longest = 0
+    for e in islice(iter(encoded), scan):
+        run = best = 0
+        for label in e["labels"]:
+            run = run + 1 if label != -100 else 0
+            best = max(best, run)
+        over += best > limit
+        read += 1
+        longest = max(longest, best)
+    return over, read, longest
+
+
+def cut_answers_warning(encoded, max_new_tokens: int) -> str | None:
+    """A warning when training answers are longer than eval.max_new_tokens (their like would be cut when answered),
+    naming the setting and the value that fits; None when all fit."""
+    over, read, longest = longest_answers(encoded, max_new_tokens)
+    if not over:
+        return None
+    return (f"warning: {over} of {read} training answers are longer than eval.max_new_tokens={max_new_tokens} tokens "
+            f"(the longest {longest}, with its end-of-turn token): the knowledge checks and eval will cut answers "
+            f"like them, and a cut answer can fail (a claim's verdict comes last); set eval.max_new_tokens={longest} "
+            f"or more")
 
 
 COUNTS = "kit_counts.json"

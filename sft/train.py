@@ -35,7 +35,7 @@ from sft.answers import answer, answering_attention
 from sft.callbacks import LossPlotCallback
 from sft.checkpoints import checkpoint_epoch, last_checkpoint
 from sft.checks import BEST_DIR, KnowledgeChecks, checks_in, keep_best, knowledge_checks
-from sft.encode import audit, encode_file, encode_rows, token_counts, with_counts
+from sft.encode import audit, cut_answers_warning, encode_file, encode_rows, token_counts, with_counts
 from sft.replay import replay_rows
 from sft.trainer_config import (
     build_lora_config,
@@ -140,6 +140,8 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     main = state.is_main_process
     if main:
         print(audit(tok, train_enc), flush=True)
+        if cut := cut_answers_warning(train_enc, cfg.eval.max_new_tokens):
+            print(cut, flush=True)
         write_text_atomic(cfg.out / "config.yaml", dump_config(cfg))
         write_json(cfg.out / "versions.json", versions())
     attention = training_attention(cfg, device, precision)

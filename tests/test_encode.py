@@ -1,11 +1,13 @@
 """Which tokens are supervised, on three chat templates, without added tokens."""
 
+import re
+
 import pytest
 from transformers import AutoTokenizer
 
 from kit.chat import generation_prompt, strip_think
 from kit.models import load_tokenizer
-from sft.encode import EncodeError, audit, encode, encode_rows
+from sft.encode import EncodeError, audit, cut_answers_warning, encode, encode_rows, longest_answers
 
 from .conftest import CHATML, DEEPSEEK, LLAMA3
 
@@ -174,3 +176,22 @@ def test_encoded_file_errors_name_file_and_row(tokenizer_dirs, tmp_path):
                                           r"conversation has no assistant message"):
         sft.encode.encode_file(tok, path, 100, "none", tmp_path / "cache")
     assert not any((tmp_path / "cache").iterdir())  # nothing cached
+
+
+def test_longest_answers_counts_supervised_runs_and_the_warning_names_the_setting():
+    rows = [{"input_ids": [0] * 8, "labels": [-100, -100, 5, 6, 7, -100, 8, 9]},  # runs of 3 and 2
+            {"input_ids": [0] * 3, "labels": [-100, 1, 2]}]  # a run of 2
+    assert longest_answers(rows, 2) == (1, 2, 3)
+    assert longest_answers(rows, 3) == (0, 2, 3)
+    assert cut_answers_warning(rows, 3) is None
+    assert re.search(r"1 of 2 training answers are longer than eval\.max_new_tokens=2 tokens \(the longest 3.*"
+                     r"set eval\.max_new_tokens=3 or more", cut_answers_warning(rows, 2))
+
+
+def test_longest_answer_is_the_answer_and_its_end_token(tokenizer_dirs):
+    tok = load_tokenizer(str(tokenizer_dirs[CHATML]))
+    enc = encode_rows(tok, [{"id": "a", "messages": TWO}], 128, "none", "t")
+    # "钟离是男性<|im_end|>" and "钟离来自璃月<|im_end|>": the longer is the second, whatever the tokenizer splits into
+    runs = [len(tok(r, add_special_tokens=False)["input_ids"]) for r in supervised_runs(tok, enc[0]["input_ids"],
+                                                                                       enc[0]["labels"])]
+    assert len(runs) == 2 and longest_answers(enc, 1)[2] == max(runs)
