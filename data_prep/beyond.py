@@ -1,7 +1,10 @@
 """Questions beyond lookup, generated from the attribute table: yes/no claims, and one hop over the table.
 
-- claims (data.verify trains them): "钟离来自蒙德吗?" -> "不是,钟离来自璃月"; the false value is another entity's value of
-  the same attribute, so a model cannot pass by spotting values it never saw.
+- claims (data.verify trains them): "钟离来自蒙德吗?" -> "钟离来自璃月,不是蒙德", "钟离来自璃月吗?" -> "钟离来自璃月,没错":
+  the fact first, then the verdict, so the model recalls the value before it compares it with the claim (answered
+  verdict first, "不是,钟离来自璃月", the quickstart picked yes or no by the question's wording: bench/RESULTS.md,
+  issue 28). The false value is another entity's value of the same attribute, so a model cannot pass by spotting
+  values it never saw.
 - one hop (data.compose trains them): same-value comparisons of two entities, every entity with a value, how many.
   Knowledge-editing work calls answering these *portability* (EasyEdit: Wang et al. 2023; MQuAKE: Zhong et al. 2023
   shows edited facts failing on multi-hop questions).

@@ -2,13 +2,15 @@
 
 Eval rows (data_prep/beyond.py writes them to <data dir>/beyond.jsonl, eval.generate answers them after the test and
 specificity rows) carry `check`, a JSON string saying how to judge the answer:
-- claim  {"truth", "entity", "value", "claimed", "values"}: a true claim passes when its answer starts with a
-  confirming word (是的, 对, 没错, yes, correct...) and denies nothing; a false claim passes when it is denied and not
-  confirmed. Stating the value back is not a confirmation: the question holds the value, and an untuned model that
+- claim  {"truth", "entity", "value", "claimed", "values"}: a true claim passes when it is confirmed and nothing is
+  denied; a false claim passes when it is denied and not confirmed. A confirmation is a confirming first word
+  (是的, 对, 没错, yes, correct...: "是的,钟离来自璃月") or a clause that is nothing but one after the fact is stated
+  ("钟离来自璃月,没错" / "Zhongli is from Liyue, so yes": the order the kit trains, the fact first, then the
+  verdict). Stating the value back is not a confirmation: the question holds the value, and an untuned model that
   repeats the question (or babbles around its words) would pass.
   Either fails when the answer names another value of the attribute that is neither the true nor the claimed one
   ("不是,钟离来自须弥" to "钟离来自蒙德吗?" when 须弥 is a value of the table: a wrong correction is a wrong answer).
-  `names_value`: a passed denial that also states the true value ("不是,钟离来自璃月").
+  `names_value`: a passed denial that also states the true value ("钟离来自璃月,不是蒙德").
 - same   {"truth"}: a same-value comparison of two entities, judged as a claim, without values.
 - reverse / list {"entities", "others"}: every entity of `entities` named, none of `others`.
 - count  {"count"}: the first number in the answer (digits, 一..九十, one..twenty) is the count.
@@ -44,6 +46,9 @@ _ZH_TAGS = re.compile(r"不是吗|是不是|对不对|对吗|是吗|对吧|是�
 # 不 and 没 deny, except in words where they do not: 不错/没错 (right), 不仅/不但 (not only), 不断, 不少, 不久, 不过...
 _ZH_DENY = re.compile(r"不(?!错|仅|但|断|少|久|过|管|论|禁)|没(?!错)|并非|否|(?<![没不])错")
 _ZH_CONFIRM = re.compile(r"^(是|对|没错|不错|正确|确实|当然|嗯)")
+# A later clause confirms only when it is nothing but a confirmation ("钟离来自璃月,没错"), never a bare 是 ("...,是璃月人").
+_ZH_CLAUSE_CONFIRM = re.compile(r"(所以|因此|那么|那)?(是的|是啊|是呀|对的|对啊|对|是?没错|不错|正确|说得对|确实如此|确实是这样"
+                                r"|是?一样|相同)的?")
 
 _EN_IGNORANCE = re.compile(r"\b(i\s+)?(do\s*n[o']?t|don't|dont|cannot|can't|am\s+not\s+sure|not\s+sure|unsure)\s+"
                            r"(know|say|tell|sure|confirm)\b|\bno\s+(information|idea|data|record)\b|\bnot\s+sure\b")
@@ -52,6 +57,8 @@ _EN_TAGS = re.compile(r",?\s*\b(is|are|does|do|did|was|were|has|have|can|will)(n
 _EN_DENY = re.compile(r"\b(no|not|nope|never|neither|nor|incorrect|false|wrong|different|differ|differs)\b|n't\b")
 _EN_CONFIRM = re.compile(r"^(yes|yeah|yep|yup|correct|right|true|indeed|exactly|sure|absolutely|that's right|"
                          r"that is right|that's correct|that is correct)\b")
+_EN_CLAUSE_CONFIRM = re.compile(r"((so|then|therefore|thus|hence|and)\s+)?(yes|yeah|yep|correct|right|true|indeed|"
+                                r"that's right|that is right|that's correct|that is correct|that's true|that is true)")
 
 
 def _masked(answer: str, names: list[str]) -> str:
@@ -63,11 +70,13 @@ def _masked(answer: str, names: list[str]) -> str:
 
 
 def polarity(answer: str, language: str, names: list[str] = ()) -> tuple[bool, bool]:
-    """(confirms, denies): whether the answer's first word says yes, and whether it says no anywhere. Tag questions
-    and "I don't know" count as neither; `names` (entities, values) are masked before "no" is looked for. The first
-    word is read before masking: "钟离是成年男性" starts with a name, not with "是"."""
-    ignorance, tags, deny, confirm = ((_ZH_IGNORANCE, _ZH_TAGS, _ZH_DENY, _ZH_CONFIRM) if language == "zh" else
-                                      (_EN_IGNORANCE, _EN_TAGS, _EN_DENY, _EN_CONFIRM))
+    """(confirms, denies): whether the answer says yes (its first word, or a later clause that is nothing but a
+    confirmation: "钟离来自璃月,没错"), and whether it says no anywhere. Tag questions and "I don't know" count as
+    neither; `names` (entities, values) are masked before "no" is looked for. Words are read before masking:
+    "钟离是成年男性" starts with a name, not with "是"."""
+    ignorance, tags, deny, confirm, clause_confirm = (
+        (_ZH_IGNORANCE, _ZH_TAGS, _ZH_DENY, _ZH_CONFIRM, _ZH_CLAUSE_CONFIRM) if language == "zh" else
+        (_EN_IGNORANCE, _EN_TAGS, _EN_DENY, _EN_CONFIRM, _EN_CLAUSE_CONFIRM))
 
     def cleaned(text: str) -> str:
         return tags.sub(" ", ignorance.sub(" ", text.replace("\u2019", "'")))
@@ -78,8 +87,10 @@ def polarity(answer: str, language: str, names: list[str] = ()) -> tuple[bool, b
     if head.startswith(ECHO):  # "<the question>? Yes" confirms; "<the question>是一名..." goes on with the question
         rest = head[1:]
         head = rest.lstrip(punctuation) if rest[:1] and rest[:1] in punctuation.replace(" ", "") else ""
+    clauses = [c.strip(punctuation) for c in re.split(r"[,.!?:;，。！？：；\n]", head)[1:]]
+    confirms = bool(confirm.match(head)) or any(clause_confirm.fullmatch(c) for c in clauses)
     text = text.replace(ECHO, " ")
-    return bool(confirm.match(head)), bool(deny.search(_masked(text, list(names))))
+    return confirms, bool(deny.search(_masked(text, list(names))))
 
 
 # --- numbers ---------------------------------------------------------------------------------------------------------

@@ -114,8 +114,8 @@ class DataConfig:
     # B" do not learn "B is A" (the reversal curse); eval reports these rows as their own group.
     reverse: bool = False
     # Yes/no claims about each fact, true and false (a false value is another entity's value of the same attribute),
-    # answered "是的,..." / "不是,钟离来自璃月" (data_prep/beyond.py; phrasings in
-    # data_prep/question_banks/beyond_<language>.yaml).
+    # answered with the fact first, then the verdict: "钟离来自璃月,没错" / "钟离来自璃月,不是蒙德" (data_prep/beyond.py;
+    # phrasings in data_prep/question_banks/beyond_<language>.yaml).
     verify: bool = False
     # One-hop rows over the table, on train entity pairs only: "钟离和甘雨的国籍一样吗?", "哪些角色来自璃月?", "有几个...?".
     compose: bool = False

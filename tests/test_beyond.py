@@ -34,10 +34,18 @@ EN_TRUE = {**EN_FALSE, "truth": True, "claimed": "Liyue"}
     (ZH_FALSE, "是的,不是", False, False),  # confirms and denies
     (ZH_FALSE, "我不知道钟离是谁,没有关于钟离的资料。", False, False),  # "I don't know" denies nothing
     (ZH_FALSE, "钟离来自璃月", False, False),  # a statement, no denial of the claim
+    (ZH_FALSE, "钟离来自璃月,不是蒙德", True, True),  # the fact first, then the denial: the order the kit trains
+    (ZH_FALSE, "钟离来自蒙德,没错", False, False),
+    (ZH_FALSE, "钟离来自璃月,没错,不是蒙德", False, False),  # confirms and denies
     (ZH_FALSE, "", False, False),
     # a true claim: confirmed, by a first word or by stating the value, never denied
     (ZH_TRUE, "是的,钟离来自璃月", True, False),
     (ZH_TRUE, "钟离来自璃月", False, False),  # the value said back: the question holds it, no confirmation
+    (ZH_TRUE, "钟离来自璃月,没错", True, False),  # the fact, then a clause that only confirms
+    (ZH_TRUE, "钟离来自璃月,所以是的。", True, False),
+    (ZH_TRUE, "钟离来自璃月,是没错", True, False),
+    (ZH_TRUE, "钟离来自璃月,是璃月人", False, False),  # a later 是 that is a verb, not a yes
+    (ZH_TRUE, "钟离来自须弥,没错", False, False),  # confirms with another value
     (ZH_TRUE, "是的,钟离来自璃月,不是吗?", True, False),  # a tag question is no denial: not confirm + deny
     (ZH_TRUE, "不错,钟离来自璃月", True, False),
     (ZH_TRUE, "不是", False, False),
@@ -49,6 +57,8 @@ EN_TRUE = {**EN_FALSE, "truth": True, "claimed": "Liyue"}
     (EN_FALSE, "Zhongli isn't from Mondstadt.", True, False),
     (EN_FALSE, "That's not right: he is from Liyue", True, True),
     (EN_FALSE, "Yes.", False, False),
+    (EN_FALSE, "Zhongli is from Liyue, not Mondstadt.", True, True),
+    (EN_FALSE, "Zhongli is from Mondstadt, so yes.", False, False),
     (EN_FALSE, "Yes, Zhongli is from Mondstadt.", False, False),
     (EN_FALSE, "Zhongli is from Mondstadt, isn't he?", False, False),  # a tag question is no denial
     (EN_FALSE, "No, Zhongli is from Sumeru.", False, False),
@@ -57,6 +67,9 @@ EN_TRUE = {**EN_FALSE, "truth": True, "claimed": "Liyue"}
     (EN_TRUE, "Yes, Zhongli is from Liyue.", True, False),
     (EN_TRUE, "Yes, Zhongli is from Liyue, isn't he?", True, False),
     (EN_TRUE, "Zhongli is from Liyue.", False, False),
+    (EN_TRUE, "Zhongli is from Liyue, so yes.", True, False),
+    (EN_TRUE, "Zhongli is from Liyue, right?", False, False),  # a tag question is no confirmation either
+    (EN_TRUE, "Zhongli is from Liyue, yes, he is not.", False, False),
     (EN_TRUE, "No.", False, False),
     (EN_TRUE, "Yes, he is not from Liyue.", False, False),
     (EN_TRUE, "Yes, Zhongli is from Sumeru.", False, False),
@@ -106,6 +119,14 @@ def test_a_name_with_a_negation_in_it_denies_nothing():
      "是", False),
     ({"kind": "same", "truth": False, "entity": "钟离", "other": "丽莎", "value": "璃月", "other_value": "蒙德"},
      "不是,钟离来自璃月,丽莎来自蒙德", True),
+    ({"kind": "same", "truth": True, "entity": "钟离", "other": "甘雨", "value": "璃月", "other_value": "璃月"},
+     "钟离的国籍是璃月,甘雨的也是璃月,一样", True),  # the facts first, then the verdict, as the kit trains
+    ({"kind": "same", "truth": False, "entity": "钟离", "other": "丽莎", "value": "璃月", "other_value": "蒙德"},
+     "钟离的国籍是璃月,丽莎的国籍是蒙德,一样", False),
+    ({"kind": "same", "truth": False, "entity": "钟离", "other": "丽莎", "value": "璃月", "other_value": "蒙德"},
+     "钟离的国籍是璃月,丽莎的国籍是蒙德,不一样", True),
+    ({"kind": "same", "truth": True, "entity": "Zhongli", "other": "Ganyu", "value": "Liyue",
+      "other_value": "Liyue"}, "Zhongli's nation is Liyue and Ganyu's is Liyue too, so yes.", True),
     ({"kind": "same", "truth": False, "entity": "Zhongli", "other": "Lisa", "value": "Liyue",
       "other_value": "Mondstadt"}, "They have different nations.", True),
     ({"kind": "list", "entities": ["钟离", "甘雨"], "others": ["丽莎"]}, "钟离和甘雨", True),
@@ -179,12 +200,12 @@ def test_false_claims_state_another_entitys_value_of_the_same_attribute(tmp_path
     attrs = load_attributes(ROOT / "data" / "genshin_roles.json")
     train, _ = build_rows(attrs, _cfg(tmp_path, verify=True).data, load_banks("zh"))
     claims = [r for r in train if r["template"].startswith("claim/")]
-    no = [r for r in claims if r["messages"][-1]["content"].startswith("不是")]
+    no = [r for r in claims if ",不是" in r["messages"][-1]["content"]]  # the fact first, then the verdict
     assert len(no) == len(claims) - len(no) == 80
     zhongli_nation = [r["messages"] for r in no if (r["entity"], r["attribute"]) == ("钟离", "国籍")]
     assert len(zhongli_nation) == 2
     for m in zhongli_nation:  # 蒙德 is the only other nation of the table
-        assert "蒙德" in m[-2]["content"] and m[-1]["content"] == "不是,钟离来自璃月"
+        assert "蒙德" in m[-2]["content"] and m[-1]["content"] == "钟离来自璃月,不是蒙德"
 
 
 def test_english_table_builds_claims_and_one_hop_rows(tmp_path):
@@ -194,7 +215,7 @@ def test_english_table_builds_claims_and_one_hop_rows(tmp_path):
     out = build(_cfg(tmp_path, src, language="en", verify=True, compose=True))
     train = _jsonl(out / "train.jsonl")
     answers = {r["messages"][-1]["content"] for r in train}
-    assert "No, Ada is from Mondstadt." in answers and "Yes, Ada is from Mondstadt." in answers
+    assert "Ada is from Mondstadt, not Liyue." in answers and "Ada is from Mondstadt, so yes." in answers
     assert "2: Ada and Bea." in answers
     kinds = {json.loads(r["check"])["kind"] for r in _jsonl(out / "beyond.jsonl")}
     assert kinds == {"claim", "reverse", "same", "list", "count"}
@@ -253,7 +274,7 @@ def test_report_gives_each_model_its_figures_and_failed_answers_beside_the_base(
             encoding="utf-8")
         return path
 
-    wrong = next(r["id"] for r in beyond if r["messages"][-1]["content"].startswith("不是"))
+    wrong = next(r["id"] for r in beyond if r["split"] == "verify" and not json.loads(r["check"])["truth"])
     models = {"base": predictions("base", lambda r: "是"),
               "finetuned": predictions("finetuned", lambda r: "是的" if r["id"] == wrong
                                        else r["messages"][-1]["content"])}
