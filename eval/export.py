@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 from eval.gguf import ExportError, check_architecture, check_system_prompt, modelfile, ollama_template, write_gguf
 from eval.quantize import AUTO_CANDIDATES, INSTALL, is_llama_cpp_format, uses_imatrix
-from kit.config import GGUF_FORMATS, Config, parse_args, run_main
+from kit.config import GGUF_FORMATS, Config, parse_args, run_main, tensor_types
 from kit.files import TEMP_PREFIX, write_text_atomic
 from kit.rows import question_of
 
@@ -156,10 +156,12 @@ class Writer:
         if is_llama_cpp_format(fmt):
             imatrix = self.imatrix_file() if uses_imatrix(fmt, self.cfg.eval.export_imatrix) else None
             source = self.source()
-            run_native(quantize, source, path, fmt, imatrix, torch.get_num_threads(),
+            overrides = tensor_types(self.cfg.eval.export_tensor_types)
+            run_native(quantize, source, path, fmt, imatrix, torch.get_num_threads(), overrides,
                        what=f"quantizing {source.name} to {fmt}")
             info = {"file": str(path), "format": fmt, "writer": "llama.cpp's quantizer",
-                    "imatrix": imatrix is not None, "bytes": path.stat().st_size}
+                    "imatrix": imatrix is not None, "bytes": path.stat().st_size,
+                    "tensor_overrides": list(self.cfg.eval.export_tensor_types)}
         else:
             info = write_gguf(self.cfg.merged_dir, self.tok, path, fmt, self.stops, self.cfg.out.resolve().name)
             info.update(writer="the kit (gguf package)", imatrix=False)
@@ -249,13 +251,33 @@ def answer_with_llama_cpp(path: Path, rows: list[dict], max_new_tokens: int, thi
     from kit.chat import final_answer
 
     llm = load_llama_cpp(path, n_threads=n_threads)
-    out = []
-    for r in rows:
-        got = llm.create_chat_completion(messages=r["messages"][:-1], temperature=0.0, top_k=1,
-                                         max_tokens=max_new_tokens, seed=0)
-        text = got["choices"][0]["message"]["content"] or ""
-        out.append(final_answer(text, thinking, opened))
-    return out
+    return [final_answer(chat_answer(llm, r["messages"][:-1], max_new_tokens), thinking, opened) for r in rows]
+
+
+def chat_answer(llm, messages: list[dict], max_new_tokens: int, processors: tuple = ()) -> str:
+    """One greedy chat completion of at most `max_new_tokens` tokens. llama-cpp-python (0.3.x) does not count a
+    token that leaves a UTF-8 character unfinished against max_tokens, so a file that has lost its facts and writes
+    byte after byte of broken characters ran to the end of the context, and llama_decode failed there
+    ("llama_decode returned 1": the whole check died on one question). A logits processor that allows only an
+    end-of-generation token after `max_new_tokens` tokens caps every answer; it runs after `processors`
+    (llama-cpp-python's logits processors: f(input_ids, scores) -> scores)."""
+    import numpy as np
+    from llama_cpp import LogitsProcessorList
+
+    eog = llm.token_eos()
+    seen = 0
+
+    def cap(_input_ids, scores):
+        nonlocal seen
+        seen += 1
+        if seen > max_new_tokens:
+            scores = np.full_like(scores, -np.inf)
+            scores[eog] = 0.0
+        return scores
+
+    got = llm.create_chat_completion(messages=messages, temperature=0.0, top_k=1, max_tokens=max_new_tokens,
+                                     seed=0, logits_processor=LogitsProcessorList([*processors, cap]))
+    return got["choices"][0]["message"]["content"] or ""
 
 
 def check_artifacts(cfg: Config, files: list[dict], writer: Writer) -> dict:
@@ -286,6 +308,8 @@ def check_artifacts(cfg: Config, files: list[dict], writer: Writer) -> dict:
         if info is not None:
             row.update(format=info["format"], file=Path(info["file"]).name, mib=round(info["bytes"] / 2**20, 1),
                        bits_per_weight=info["bits_per_weight"], imatrix=info["imatrix"])
+            if info.get("tensor_overrides"):
+                row["tensor_overrides"] = info["tensor_overrides"]
         try:
             preds = fn()
         except NativeCrash as e:  # the child died; this artifact gets a row saying so, the others are still checked
@@ -431,6 +455,11 @@ def markdown(result: dict) -> str:
                       f"kept the first within {tol:g} point(s) of the merged model's value match"
                       + ("" if auto["met_tolerance"] else "; none met it, so the largest is kept") + ")."]
         lines += [f"- {a['format']}: {a['auto']}" for a in result["artifacts"] if a.get("auto")]
+    overrides = next((a["tensor_overrides"] for a in result["artifacts"] if a.get("tensor_overrides")), None)
+    if overrides:
+        lines += ["", f"llama.cpp's files were written with eval.export_tensor_types "
+                      f"{', '.join(f'`{o}`' for o in overrides)} (the first matching pattern names a tensor's type; "
+                      f"the others keep the format's own mix)."]
     if result.get("imatrix"):
         m = result["imatrix"]
         lines += ["", f"Importance matrix: {m['tensors']} tensors from {m['tokens']} tokens of the training "

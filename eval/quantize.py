@@ -30,9 +30,9 @@ from eval.gguf import ExportError, tensor_name_map
 from kit.config import GGUF_LLAMA_CPP_FORMATS, GGUF_NO_IMATRIX
 from kit.files import TEMP_PREFIX, atomic_file
 
-# File types of llama.cpp's quantizer by the kit's format names, which are llama-quantize's in lower case
-# ("q4_k_m" -> LLAMA_FTYPE_MOSTLY_Q4_K_M).
-LLAMA_CPP_FORMATS = {f: f"LLAMA_FTYPE_MOSTLY_{f.upper()}" for f in GGUF_LLAMA_CPP_FORMATS}
+# llama.cpp's file types the kit offers, by llama-quantize's names in lower case ("q4_k_m" ->
+# LLAMA_FTYPE_MOSTLY_Q4_K_M).
+LLAMA_CPP_FORMATS = GGUF_LLAMA_CPP_FORMATS
 NO_IMATRIX = GGUF_NO_IMATRIX
 # eval.export_formats=[auto]: tried from the smallest file to the largest; the first that keeps the merged model's
 # value match (within eval.export_tolerance) is kept.
@@ -164,17 +164,30 @@ def imatrix_for(cfg, tok, path: Path) -> dict:
 # The quantizer (runs in a child process: eval.native.run_native)
 
 
-def quantize(src: Path, dst: Path, fmt: str, imatrix_file: Path | None, n_threads: int) -> None:
+def quantize(src: Path, dst: Path, fmt: str, imatrix_file: Path | None, n_threads: int,
+             tensor_types: list[tuple[str, str]] = ()) -> None:
     """llama.cpp's quantizer: `src` (f16/f32 GGUF) -> `dst` as `fmt` ("q4_k_m"...), with the importance matrix in
-    `imatrix_file` when given. Written beside `dst` and renamed (kit.files.atomic_file)."""
+    `imatrix_file` when given, and `tensor_types` [(regex searched in the tensor name, GGML type "q8_0"...)] before
+    the format's own choice, the first match winning (llama-quantize's --tensor-type; the type still falls back
+    where its block does not divide the row). Written beside `dst` and renamed (kit.files.atomic_file)."""
     import ctypes
 
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, LLAMA_CPP_FORMATS[base_format(fmt)])
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{base_format(fmt).upper()}")
     params.nthread = n_threads
     keep = []  # the ctypes buffers must live until the call returns
+    if tensor_types:
+        overrides = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
+        for i, (pattern, ggml_type) in enumerate(tensor_types):
+            b = pattern.encode()
+            keep.append(b)
+            overrides[i].pattern = b
+            overrides[i].type = getattr(llama_cpp, f"GGML_TYPE_{ggml_type.upper()}")
+        overrides[len(tensor_types)].pattern = None  # the list ends at a null pattern
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep.append(overrides)
     if imatrix_file is not None:
         with np.load(imatrix_file) as z:
             entries = {k: np.ascontiguousarray(z[k], dtype=np.float32) for k in z.files if not k.startswith("__")}

@@ -267,6 +267,11 @@ class EvalConfig:
     # Off until it pays: on the quickstart the matrix cost answers (bench/RESULTS.md, issue 30).
     export_imatrix: bool = False
     export_tolerance: float = 0.01
+    # Per-tensor types for llama.cpp's formats, as llama-quantize's --tensor-type: "PATTERN=TYPE" entries, PATTERN a
+    # regular expression searched in each GGUF tensor name (blk.N.ffn_down.weight, token_embd.weight...), TYPE the
+    # GGML type it is written in (q4_k, q5_0, q8_0...); the first matching entry wins, tensors none matches keep the
+    # format's own mix. Applies to q3_k_m..iq4_nl and auto's llama.cpp candidates, not to the kit's writer (f32..q5_1).
+    export_tensor_types: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -533,6 +538,7 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
     if not 0.0 <= e.export_tolerance < 1.0:
         errors.append(f"eval.export_tolerance: a fraction of the questions in [0, 1) (0.01 = 1 point), got "
                       f"{e.export_tolerance}")
+    errors += _tensor_type_errors(e.export_tensor_types)
     if not 0.0 < e.merge_rtol < 1.0:
         errors.append(f"eval.merge_rtol: must be between 0 and 1 (a share of the largest |logit|), got {e.merge_rtol}")
     if e.batch_size < 1 or e.bertscore_batch_size < 1 or e.max_new_tokens < 1:
@@ -582,6 +588,37 @@ def _check_knowledge_checks(cfg: Config, errors: list[str]) -> None:
         errors.append("train.stop_at.leak: needs everyday questions to measure leak; set train.check_probes > 0")
     if "invention" in t.stop_at and not t.check_names:
         errors.append("train.stop_at.invention: needs invented people to measure invention; set train.check_names > 0")
+
+
+# GGML types llama.cpp's quantizer writes from an f16 file without more than an optional importance matrix: what
+# eval.export_tensor_types may name (the 1-3 bit i-quants need a matrix for every tensor and are left out).
+GGML_TENSOR_TYPES = ("f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k",
+                     "q6_k", "iq4_nl", "iq4_xs")
+
+
+def tensor_types(entries: list[str]) -> list[tuple[str, str]]:
+    """eval.export_tensor_types as [(pattern, type)] in their order: "blk\\.0\\.ffn_down=q8_0" -> ("blk\\.0\\.ffn_down",
+    "q8_0"), split at the last "=" (a pattern may hold one), the type in lower case."""
+    return [(e.rpartition("=")[0], e.rpartition("=")[2].strip().lower()) for e in entries]
+
+
+def _tensor_type_errors(entries: list[str]) -> list[str]:
+    errors = []
+    for entry, (pattern, ggml_type) in zip(entries, tensor_types(entries)):
+        where = f"eval.export_tensor_types: {entry!r}"
+        if not pattern.strip():
+            errors.append(f"{where}: give PATTERN=TYPE, PATTERN searched in GGUF tensor names (e.g. "
+                          f"'ffn_down=q6_k', 'token_embd=q5_0')")
+            continue
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            errors.append(f"{where}: {pattern!r} is not a regular expression ({exc})")
+        if ggml_type not in GGML_TENSOR_TYPES:
+            close = difflib.get_close_matches(ggml_type, GGML_TENSOR_TYPES, n=1, cutoff=0.6)
+            errors.append(f"{where}: unknown type {ggml_type!r}" + (f" (did you mean '{close[0]}'?)" if close else "")
+                          + f"; choose from {', '.join(GGML_TENSOR_TYPES)}")
+    return errors
 
 
 def build_config(raw: Any, source: str = "<dict>") -> Config:

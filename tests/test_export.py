@@ -323,6 +323,37 @@ def test_llama_cpp_reads_the_tokenizer_and_the_logits(exported, merged_models, a
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.95
 
 
+def test_an_answer_of_broken_characters_stops_at_max_new_tokens(exported, merged_models):
+    """A file that lost its facts may write UTF-8 lead bytes without end; llama-cpp-python does not count those
+    tokens against max_tokens, so the answer ran to the end of the context and llama_decode failed there."""
+    from eval.export import chat_answer, load_llama_cpp
+
+    llama_cpp()
+    _, tok = _merged(merged_models["llama"])
+    lead = tok.convert_tokens_to_ids("\u00e4")  # byte 0xE4 in the byte-level alphabet: opens a 3-byte character
+    assert lead != tok.unk_token_id
+    llm = load_llama_cpp(exported["llama"]["f16"], n_ctx=256)
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(RuntimeError, match="llama_decode returned"):  # llama-cpp-python's own loop, uncapped
+        llm.create_chat_completion(messages=messages, temperature=0.0, top_k=1, max_tokens=12, seed=0,
+                                   logit_bias={lead: 100.0})
+    llm.reset()
+
+    steps = []
+
+    def lead_bytes(_ids, scores):
+        steps.append(1)
+        scores = scores.copy()
+        scores[lead] += 100.0
+        return scores
+
+    # 12 lead bytes, then the end of generation the cap forces (13 tokens sampled); unfinished characters are
+    # dropped from the text, so the answer is empty, and scored as an empty answer
+    assert chat_answer(llm, messages, 12, processors=(lead_bytes,)) == ""
+    assert len(steps) == 13
+    assert chat_answer(llm, messages, 12) == chat_answer(llm, messages, 12)  # greedy, repeatable
+
+
 def export_main(cfg, tmp_path: Path) -> dict:
     """Build the run's data, write its config as YAML and run `python -m eval.export CONFIG` (main) as a user does;
     the artifacts.json it wrote."""
@@ -399,3 +430,11 @@ def test_an_empty_answer_scores_zero_in_the_artifact_check(tiny_bert):
     md = markdown({"rows": 2, "llama_cpp": True,
                    "artifacts": [{**got, "artifact": "merged", "reader": "the kit", "seconds": 1.0}]})
     assert "| merged | - | - | - | 50.0% (1/2) | 0.500 | 1/2 | 1 | the kit |" in md
+    assert "export_tensor_types" not in md
+    q4 = {**got, "artifact": "gguf q4_k_m (llama.cpp)", "reader": "llama.cpp", "seconds": 1.0, "mib": 90.4,
+          "bits_per_weight": 5.53, "imatrix": False, "tensor_overrides": ["token_embd=q5_0"]}
+    md = markdown({"rows": 2, "llama_cpp": True,
+                   "artifacts": [{**got, "artifact": "merged", "reader": "the kit", "seconds": 1.0}, q4]})
+    assert "| gguf q4_k_m (llama.cpp) | 90.4 | 5.53 | no | 50.0% (1/2) | 0.500 | 1/2 | 1 | llama.cpp |" in md
+    assert ("llama.cpp's files were written with eval.export_tensor_types `token_embd=q5_0` (the first matching "
+            "pattern names a tensor's type; the others keep the format's own mix).") in md

@@ -71,6 +71,34 @@ def test_k_quants_are_written_by_llama_cpp_with_and_without_the_importance_matri
                      "token_embd.weight"]
 
 
+def test_tensor_types_override_the_formats_own_mix(wide_model, tmp_path):
+    """eval.export_tensor_types, as llama-quantize's --tensor-type: the first matching pattern names the type, the
+    tensors no pattern matches keep q4_k_m's mix."""
+    llama_cpp()
+    cfg = make_cfg(tmp_path, wide_model, export_formats=["q4_k_m"],
+                   export_tensor_types=["blk\\.0\\.ffn_down=q8_0", "ffn_down=q5_k", "token_embd=Q5_0"])
+    result = export(cfg, check=False)
+    types = _types(gguf_path(cfg, "q4_k_m"))
+    assert types["blk.0.ffn_down.weight"] == "Q8_0"  # the first entry wins over the second
+    assert types["blk.1.ffn_down.weight"] == "Q5_K"
+    assert types["token_embd.weight"] == "Q5_0"  # the format's own choice: Q6_K (above)
+    assert types["blk.0.attn_q.weight"] == "Q4_K" and types["blk.1.ffn_up.weight"] == "Q4_K"
+    assert result["files"][0]["tensor_overrides"] == ["blk\\.0\\.ffn_down=q8_0", "ffn_down=q5_k", "token_embd=Q5_0"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("ffn_down=q6k", r"'ffn_down=q6k': unknown type 'q6k' \(did you mean 'q6_k'\?\); choose from f32, f16"),
+    ("q5_0", r"'q5_0': give PATTERN=TYPE, PATTERN searched in GGUF tensor names"),
+    ("blk.[0-3=q8_0", r"'blk.\[0-3=q8_0': 'blk.\[0-3' is not a regular expression"),
+])
+def test_tensor_types_are_checked_before_any_work(merged_models, tmp_path, entry, message):
+    from kit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval\.export_tensor_types: " + message):
+        make_cfg(tmp_path, merged_models["llama"], export_formats=["q4_k_m"], export_tensor_types=[entry])
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_importance_matrix_is_the_mean_squared_input_of_each_layer(wide_model, tokenizer_dirs):
     """Checked against the layer's input computed by hand: the first attention's input is the RMS-normed embedding
     of the rendered conversation; padding in a batch changes nothing."""
