@@ -69,6 +69,10 @@ def _masked(answer: str, names: list[str]) -> str:
     return text
 
 
+# What ends a clause, in ASCII and full width: polarity reads a confirmation in a clause of its own after the fact.
+CLAUSE_ENDS = ",.!?:;，。！？：；"
+
+
 def polarity(answer: str, language: str, names: list[str] = ()) -> tuple[bool, bool]:
     """(confirms, denies): whether the answer says yes (its first word, or a later clause that is nothing but a
     confirmation: "钟离来自璃月,没错"), and whether it says no anywhere. Tag questions and "I don't know" count as
@@ -81,13 +85,13 @@ def polarity(answer: str, language: str, names: list[str] = ()) -> tuple[bool, b
     def cleaned(text: str) -> str:
         return tags.sub(" ", ignorance.sub(" ", text.replace("\u2019", "'")))
 
-    punctuation = " ,.!?:;，。！？、：；\"'“”"
+    punctuation = " 、\"'“”" + CLAUSE_ENDS
     text = cleaned(_masked(answer, []))
     head = text.lstrip(punctuation)
     if head.startswith(ECHO):  # "<the question>? Yes" confirms; "<the question>是一名..." goes on with the question
         rest = head[1:]
         head = rest.lstrip(punctuation) if rest[:1] and rest[:1] in punctuation.replace(" ", "") else ""
-    clauses = [c.strip(punctuation) for c in re.split(r"[,.!?:;，。！？：；\n]", head)[1:]]
+    clauses = [c.strip(punctuation) for c in re.split(f"[{re.escape(CLAUSE_ENDS)}\n]", head)[1:]]
     confirms = bool(confirm.match(head)) or any(clause_confirm.fullmatch(c) for c in clauses)
     text = text.replace(ECHO, " ")
     return confirms, bool(deny.search(_masked(text, list(names))))

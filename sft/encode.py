@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import re
-from itertools import islice
 from pathlib import Path
 
 from kit.encode import Encoded, EncodeError, encode  # noqa: F401 - EncodeError re-exported for sft's callers
@@ -49,14 +48,25 @@ def encode_rows(tok, rows: list[dict], max_length: int, thinking: str, where: st
 # Large files: tokenised through `datasets`, in Arrow files on disk, in parallel, cached
 
 
-# Bumped whenever encode() changes what it produces, so cached tokenisations made by older code are not reused.
-ENCODE_VERSION = 1
+# Bumped whenever encode() or the counts kept beside it change, so cached tokenisations made by older code are not
+# reused (2: the answer lengths, kit_counts.json's answer_runs).
+ENCODE_VERSION = 2
 # Below this many rows a file is tokenised in this process: starting workers costs more than it saves.
 PARALLEL_FROM_ROWS = 20_000
 
 
+def longest_run(labels: list[int]) -> int:
+    """The longest run of supervised labels (!= -100) in tokens: a row's longest answer with its end-of-turn token,
+    what generation must write before it stops."""
+    run = best = 0
+    for label in labels:
+        run = run + 1 if label != -100 else 0
+        best = max(best, run)
+    return best
+
+
 def _encode_batch(batch: dict, indices: list[int], tok, max_length: int, thinking: str) -> dict:
-    out: dict[str, list] = {"input_ids": [], "labels": [], "problem": [], "supervised": []}
+    out: dict[str, list] = {"input_ids": [], "labels": [], "problem": [], "supervised": [], "answer": []}
     for messages in batch["messages"]:
         try:
             e = encode(tok, messages, thinking)
@@ -67,6 +77,7 @@ def _encode_batch(batch: dict, indices: list[int], tok, max_length: int, thinkin
         out["labels"].append([] if problem else e.labels)
         out["problem"].append(problem)
         out["supervised"].append(sum(label != -100 for label in e.labels))
+        out["answer"].append(longest_run(e.labels))
     return out
 
 
@@ -113,7 +124,7 @@ def encode_file(tok, path: Path, max_length: int, thinking: str, cache_dir: Path
             procs = num_proc or min(usable_cpus(), 8)
             procs = procs if procs > 1 else None
         features = Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")),
-                             "problem": Value("string"), "supervised": Value("int32")})
+                             "problem": Value("string"), "supervised": Value("int32"), "answer": Value("int32")})
         encoded = rows.map(_encode_batch, batched=True, batch_size=512, with_indices=True, num_proc=procs,
                            remove_columns=rows.column_names, features=features, new_fingerprint=key,
                            fn_kwargs={"tok": tok, "max_length": max_length, "thinking": thinking},
@@ -129,11 +140,13 @@ def encode_file(tok, path: Path, max_length: int, thinking: str, cache_dir: Path
                                f"{len(bad)} rows cannot be trained on:\n  " + "\n  ".join(lines)) + more)
         lengths = pc.list_value_length(encoded.data.column("input_ids")).to_numpy(zero_copy_only=False)
         middle = len(lengths) // 2
+        answers = pc.value_counts(encoded.data.column("answer").combine_chunks()).to_pylist()
         counts = {"rows": int(len(lengths)), "tokens": int(lengths.sum()),
                   "supervised": int(pc.sum(encoded.data.column("supervised")).as_py() or 0),
                   "length_min": int(lengths.min()), "length_median": int(np.partition(lengths, middle)[middle]),
-                  "length_max": int(lengths.max())}
-        encoded = encoded.remove_columns(["problem", "supervised"])
+                  "length_max": int(lengths.max()),
+                  "answer_runs": {str(a["values"]): a["counts"] for a in sorted(answers, key=lambda a: a["values"])}}
+        encoded = encoded.remove_columns(["problem", "supervised", "answer"])
         encoded.save_to_disk(str(tmp / "out"))
         (tmp / "out" / COUNTS).write_text(json.dumps(counts) + "\n", encoding="utf-8")
         for old in cache_dir.glob(f"{path.stem}-*"):  # an older tokenisation of the same file
@@ -144,44 +157,41 @@ def encode_file(tok, path: Path, max_length: int, thinking: str, cache_dir: Path
 
 
 def token_counts(encoded) -> dict:
-    """{rows, tokens, supervised, length_min, length_median, length_max} of a list of encoded rows, or of an encoded
-    dataset (several concatenated ones too): counted once when the file was tokenised, never by reading every
-    token again."""
+    """{rows, tokens, supervised, length_min, length_median, length_max, answer_runs} of a list of encoded rows, or
+    of an encoded dataset (several concatenated ones too): counted once when the file was tokenised, never by reading
+    every token again. answer_runs: {longest supervised run of a row, in tokens (as a string: JSON keys): rows}."""
     if isinstance(encoded, list):
         lengths = sorted(len(e["input_ids"]) for e in encoded)
+        runs: dict[str, int] = {}
+        for e in encoded:
+            key = str(longest_run(e["labels"]))
+            runs[key] = runs.get(key, 0) + 1
         return {"rows": len(lengths), "tokens": sum(lengths),
                 "supervised": sum(sum(label != -100 for label in e["labels"]) for e in encoded),
-                "length_min": lengths[0], "length_median": lengths[len(lengths) // 2], "length_max": lengths[-1]}
+                "length_min": lengths[0], "length_median": lengths[len(lengths) // 2], "length_max": lengths[-1],
+                "answer_runs": runs}
     parts = getattr(encoded, "kit_counts", None)
     if parts is None:
         raise EncodeError("an encoded dataset without its counts; make it with encode_file / with_counts")
     return parts
 
 
-def longest_answers(encoded, limit: int, scan: int = 20_000) -> tuple[int, int, int]:
-    """(rows whose longest supervised run is over `limit` tokens, rows read, the longest run in tokens) over the first
-    `scan` rows of `encoded` (a list of {input_ids, labels} or an encoded dataset). A supervised run is one answer
-    with its end-of-turn token: what generation must write before it stops, so a run longer than eval.max_new_tokens
-    is an answer eval and the training checks would cut."""
-    over = read = longest = 0
-    for e in islice(iter(encoded), scan):
-        run = best = 0
-        for label in e["labels"]:
-            run = run + 1 if label != -100 else 0
-            best = max(best, run)
-        over += best > limit
-        read += 1
-        longest = max(longest, best)
-    return over, read, longest
+def longest_answers(encoded, limit: int) -> tuple[int, int, int]:
+    """(rows whose longest supervised run is over `limit` tokens, rows, the longest run in tokens) of `encoded` (a
+    list of {input_ids, labels} or an encoded dataset, from the counts kept at tokenisation). A supervised run is one
+    answer with its end-of-turn token: what generation must write before it stops, so a run longer than
+    eval.max_new_tokens is an answer eval and the training checks would cut."""
+    runs = {int(k): v for k, v in token_counts(encoded)["answer_runs"].items()}
+    return (sum(v for k, v in runs.items() if k > limit), sum(runs.values()), max(runs, default=0))
 
 
 def cut_answers_warning(encoded, max_new_tokens: int) -> str | None:
     """A warning when training answers are longer than eval.max_new_tokens (their like would be cut when answered),
     naming the setting and the value that fits; None when all fit."""
-    over, read, longest = longest_answers(encoded, max_new_tokens)
+    over, rows, longest = longest_answers(encoded, max_new_tokens)
     if not over:
         return None
-    return (f"warning: {over} of {read} training answers are longer than eval.max_new_tokens={max_new_tokens} tokens "
+    return (f"warning: {over} of {rows} training answers are longer than eval.max_new_tokens={max_new_tokens} tokens "
             f"(the longest {longest}, with its end-of-turn token): the knowledge checks and eval will cut answers "
             f"like them, and a cut answer can fail (a claim's verdict comes last); set eval.max_new_tokens={longest} "
             f"or more")
@@ -204,7 +214,10 @@ def with_counts(ds, parts: list[dict]):
     ds.kit_counts = {"rows": sum(c["rows"] for c in parts), "tokens": sum(c["tokens"] for c in parts),
                      "supervised": sum(c["supervised"] for c in parts),
                      "length_min": min(c["length_min"] for c in parts), "length_median": main["length_median"],
-                     "length_max": max(c["length_max"] for c in parts)}
+                     "length_max": max(c["length_max"] for c in parts), "answer_runs": {}}
+    for c in parts:
+        for k, v in c["answer_runs"].items():
+            ds.kit_counts["answer_runs"][k] = ds.kit_counts["answer_runs"].get(k, 0) + v
     return ds
 
 

@@ -1,13 +1,23 @@
 """Which tokens are supervised, on three chat templates, without added tokens."""
 
 import re
+from types import SimpleNamespace
 
 import pytest
 from transformers import AutoTokenizer
 
 from kit.chat import generation_prompt, strip_think
 from kit.models import load_tokenizer
-from sft.encode import EncodeError, audit, cut_answers_warning, encode, encode_rows, longest_answers
+from sft.encode import (
+    EncodeError,
+    audit,
+    cut_answers_warning,
+    encode,
+    encode_rows,
+    longest_answers,
+    token_counts,
+    with_counts,
+)
 
 from .conftest import CHATML, DEEPSEEK, LLAMA3
 
@@ -140,6 +150,23 @@ def test_encoded_file_equals_the_rows_encoded_one_by_one_in_parallel_too(tokeniz
     ds2 = sft.encode.encode_file(tok, path, 128, "none", tmp_path / "two", num_proc=2)
     assert [dict(r) for r in ds2] == want
     assert "over 40 rows" in audit(tok, ds2) and audit(tok, ds2) == audit(tok, want)
+    # the answer lengths are counted while tokenising (the cut-answer warning reads no row again), in parallel too
+    assert token_counts(ds)["answer_runs"] == token_counts(ds2)["answer_runs"] == token_counts(want)["answer_runs"]
+    assert longest_answers(ds2, 0) == (40, 40, max(int(k) for k in token_counts(want)["answer_runs"]))
+
+
+def test_a_tokenisation_cached_by_older_code_is_not_reused(tokenizer_dirs, tmp_path, monkeypatch):
+    """Version 1 kept no answer lengths beside the rows: its caches are tokenised again, not read without them."""
+    import sft.encode
+
+    tok = load_tokenizer(str(tokenizer_dirs[CHATML]))
+    path = _jsonl(tmp_path / "train.jsonl", _file_rows(5))
+    monkeypatch.setattr(sft.encode, "ENCODE_VERSION", 1)
+    sft.encode.encode_file(tok, path, 128, "none", tmp_path / "cache")
+    monkeypatch.undo()
+    assert sft.encode.ENCODE_VERSION == 2
+    again = sft.encode.encode_file(tok, path, 128, "none", tmp_path / "cache")
+    assert sum(token_counts(again)["answer_runs"].values()) == 5
 
 
 def test_encoded_file_is_reused_and_redone_when_the_file_changes(tokenizer_dirs, tmp_path, monkeypatch, capsys):
@@ -181,8 +208,11 @@ def test_encoded_file_errors_name_file_and_row(tokenizer_dirs, tmp_path):
 def test_longest_answers_counts_supervised_runs_and_the_warning_names_the_setting():
     rows = [{"input_ids": [0] * 8, "labels": [-100, -100, 5, 6, 7, -100, 8, 9]},  # runs of 3 and 2
             {"input_ids": [0] * 3, "labels": [-100, 1, 2]}]  # a run of 2
+    assert token_counts(rows)["answer_runs"] == {"3": 1, "2": 1}
     assert longest_answers(rows, 2) == (1, 2, 3)
     assert longest_answers(rows, 3) == (0, 2, 3)
+    both = with_counts(SimpleNamespace(), [token_counts(rows), token_counts(rows[1:])])
+    assert both.kit_counts["answer_runs"] == {"3": 1, "2": 2}  # train rows and replay rows counted together
     assert cut_answers_warning(rows, 3) is None
     assert re.search(r"1 of 2 training answers are longer than eval\.max_new_tokens=2 tokens \(the longest 3.*"
                      r"set eval\.max_new_tokens=3 or more", cut_answers_warning(rows, 2))
