@@ -2,15 +2,15 @@
 (eval.export_tensor_types), each file answering the run's test questions through llama.cpp (issue 30).
 
     python -m eval.export configs/quickstart.yaml output_dir=runs/qs "eval.export_formats=[f16]"   # the source
-    python -m bench.quant_mix configs/quickstart.yaml output_dir=runs/qs --mixes bench/mixes.json
+    python -m bench.quant_mix configs/quickstart.yaml output_dir=runs/qs --mixes bench/quant_mixes.json
 
 `--mixes`: a JSON list of {"name", "format" (any of llama.cpp's file types by llama-quantize's name in lower case:
-q4_k_m, q8_0, q5_0...), "tensor_types" (as
-eval.export_tensor_types), "imatrix" (true: the run's matrix, `<export dir>/<run>-imatrix.npz`, computed by
-eval.export)}. Each mix is quantized from `<export dir>/<run>-f16.gguf` by `eval.quantize.quantize` and answers the
-same test questions as eval.export's check, with `eval.export.answer_with_llama_cpp`, in a child process of its own;
-one JSON line per mix (MiB, share of the first mix's size, bits per weight, tensor types, value match) on stdout.
-Faster than eval.export for a sweep: no transformers reader, no adapter or merged answers.
+q4_k_m, q8_0, q5_0...), "tensor_types" (as eval.export_tensor_types), "imatrix" (true: the run's matrix,
+`<export dir>/<run>-imatrix.npz`, computed by eval.export)}. Each mix is quantized from `<export dir>/<run>-f16.gguf`
+by `eval.quantize.quantize` and answers the same test questions as eval.export's check, with
+`eval.export.answer_with_llama_cpp`, in a child process of its own; one JSON line per mix (MiB, share of the first
+mix's size, bits per weight, tensor types, value match) on stdout. Faster than eval.export for a sweep: no
+transformers reader, no adapter or merged answers.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 from kit.encode import Encoded, EncodeError, encode  # noqa: F401 - EncodeError re-exported for sft's callers
@@ -162,10 +163,7 @@ def token_counts(encoded) -> dict:
     every token again. answer_runs: {longest supervised run of a row, in tokens (as a string: JSON keys): rows}."""
     if isinstance(encoded, list):
         lengths = sorted(len(e["input_ids"]) for e in encoded)
-        runs: dict[str, int] = {}
-        for e in encoded:
-            key = str(longest_run(e["labels"]))
-            runs[key] = runs.get(key, 0) + 1
+        runs = dict(Counter(str(longest_run(e["labels"])) for e in encoded))
         return {"rows": len(lengths), "tokens": sum(lengths),
                 "supervised": sum(sum(label != -100 for label in e["labels"]) for e in encoded),
                 "length_min": lengths[0], "length_median": lengths[len(lengths) // 2], "length_max": lengths[-1],
@@ -214,10 +212,8 @@ def with_counts(ds, parts: list[dict]):
     ds.kit_counts = {"rows": sum(c["rows"] for c in parts), "tokens": sum(c["tokens"] for c in parts),
                      "supervised": sum(c["supervised"] for c in parts),
                      "length_min": min(c["length_min"] for c in parts), "length_median": main["length_median"],
-                     "length_max": max(c["length_max"] for c in parts), "answer_runs": {}}
-    for c in parts:
-        for k, v in c["answer_runs"].items():
-            ds.kit_counts["answer_runs"][k] = ds.kit_counts["answer_runs"].get(k, 0) + v
+                     "length_max": max(c["length_max"] for c in parts),
+                     "answer_runs": dict(sum((Counter(c["answer_runs"]) for c in parts), Counter()))}
     return ds
 
 
