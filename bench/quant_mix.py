@@ -21,12 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from eval.export import answer_with_llama_cpp, export_dir, test_rows
+from eval.export import answer_with_llama_cpp, export_dir, test_rows, value_matches
 from eval.native import run_native
 from eval.quantize import quantize, tensor_stats
 from kit.config import load_config, tensor_types
 from kit.files import TEMP_PREFIX
-from kit.specificity import value_match
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         types, bits = tensor_stats(dst)
         preds = run_native(answer_with_llama_cpp, dst, rows, cfg.eval.max_new_tokens, cfg.model.thinking, 2,
                            what=f"reading {mix['name']}")
-        right = sum(bool(value_match(r.get("expected") or r.get("value") or "", a)) for r, a in zip(rows, preds))
+        right, judged = value_matches(rows, preds)
         mib = dst.stat().st_size / 2**20
         first_mib = first_mib or mib
         print(json.dumps({"name": mix["name"], "mib": round(mib, 1), "share_of_first": round(mib / first_mib, 3),
-                          "bits_per_weight": round(bits, 2), "types": types, "value_match": f"{right}/{len(rows)}",
+                          "bits_per_weight": round(bits, 2), "types": types, "value_match": f"{right}/{judged}",
                           "quantize_s": round(seconds, 1)}), flush=True)
         dst.unlink()
     return 0
