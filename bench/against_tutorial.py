@@ -117,7 +117,7 @@ def value_match_count(model_dir: str, tok_dir: str, adapter: str | None, test: P
     from kit.files import load_jsonl
     from kit.generation import generate_batched
     from kit.models import load_tokenizer
-    from kit.specificity import value_match
+    from kit.specificity import value_matches
 
     tok = load_tokenizer(tok_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -128,7 +128,7 @@ def value_match_count(model_dir: str, tok_dir: str, adapter: str | None, test: P
     rows = [r for r in load_jsonl(test) if r["turns"] == 1]
     answers = generate_batched(model.eval(), tok, [generation_prompt(tok, r["messages"][:-1]) for r in rows],
                                batch_size=128, max_new_tokens=48)
-    return sum(bool(value_match(r["expected"], a)) for r, a in zip(rows, answers)), len(rows)
+    return value_matches(rows, answers)
 
 
 MERGE_TUTORIAL = """

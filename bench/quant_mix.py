@@ -21,11 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-from eval.export import answer_with_llama_cpp, export_dir, test_rows, value_matches
+from eval.export import answer_with_llama_cpp, export_dir, test_rows
 from eval.native import run_native
 from eval.quantize import quantize, tensor_stats
 from kit.config import load_config, tensor_types
 from kit.files import TEMP_PREFIX
+from kit.specificity import value_matches
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,11 +94,11 @@ def run_once(cfg, model_path, tok, encoded, epochs: float, out_dir: str) -> tupl
 def value_match_count(model, tok, rows) -> tuple[int, int]:
     from kit.chat import generation_prompt
     from kit.generation import generate_batched
-    from kit.specificity import value_match
+    from kit.specificity import value_matches
 
     prompts = [generation_prompt(tok, r["messages"][:-1]) for r in rows]
     answers = generate_batched(model, tok, prompts, batch_size=32, max_new_tokens=48)
-    return sum(bool(value_match(r["expected"], a)) for r, a in zip(rows, answers)), len(rows)
+    return value_matches(rows, answers)
 
 
 def main(argv: list[str] | None = None) -> int:

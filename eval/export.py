@@ -410,20 +410,10 @@ def choose_format(cfg: Config, writer: Writer, merged: dict, check) -> dict:
     raise AssertionError("unreachable: the last candidate is always kept")
 
 
-def value_matches(rows: list[dict], preds: list[str]) -> tuple[int, int]:
-    """(answers with the row's expected value, rows that have one to judge), as eval.metrics counts value match:
-    a row without an expected value is not judged."""
-    from kit.specificity import value_match
-
-    judged = [m for m in (value_match(r.get("expected") or r.get("value") or "", p) for r, p in zip(rows, preds))
-              if m is not None]
-    return sum(judged), len(judged)
-
-
 def artifact_scores(scorer, rows: list[dict], preds: list[str], merged: list[str]) -> dict:
     """One artifact's line of the table: its answers to `rows` scored as eval.metrics scores them (an empty answer:
     F1 0, no value), against the merged model's answers."""
-    from kit.specificity import is_empty
+    from kit.specificity import is_empty, value_matches
 
     _, _, f1 = scorer.score(preds, [r["messages"][-1]["content"] for r in rows])
     right, judged = value_matches(rows, preds)

@@ -187,6 +187,15 @@ def value_match(expected: str, prediction: str | None) -> bool | None:
     return not is_empty(prediction) and all(contains(prediction, p) for p in parts)
 
 
+def value_matches(rows: Iterable[dict], predictions: Iterable[str]) -> tuple[int, int]:
+    """(predictions holding their row's value, rows that have one to judge): value_match over rows, the row's
+    `expected` (else its `value`) as the value. A row without one is neither right nor wrong, as eval.metrics
+    counts it."""
+    judged = [m for m in (value_match(r.get("expected") or r.get("value") or "", p) for r, p in zip(rows, predictions))
+              if m is not None]
+    return sum(judged), len(judged)
+
+
 def _found(strings: dict[str, str], answer: str, *given: str) -> list[str]:
     return [text for text in strings.values() if contains(answer, text) and not any(contains(g, text) for g in given)]
 

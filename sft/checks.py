@@ -28,7 +28,7 @@ from kit.chat import system_messages
 from kit.config import Config
 from kit.files import atomic_dir, iter_jsonl, load_jsonl, write_text_atomic
 from kit.rows import PROBE, UNKNOWN, Row, qa_row, question_of, row_id
-from kit.specificity import check_questions, invented, leaked, specificity_rows, trained_strings, value_match
+from kit.specificity import check_questions, invented, leaked, specificity_rows, trained_strings, value_matches
 from sft.answers import answer
 
 BEST_DIR = "best"  # under checkpoints/: the adapter of the best check so far, with best.json saying which
@@ -119,15 +119,15 @@ class KnowledgeChecks(TrainerCallback):
         every = self._answer(model, self.rows + self.probes + self.unknown)
         answers, said = every[:len(self.rows)], every[len(self.rows):len(self.rows) + len(self.probes)]
         about_nobody = every[len(self.rows) + len(self.probes):]
-        right = [x for x in (value_match(r["expected"], a) for r, a in zip(self.rows, answers)) if x is not None]
+        right, judged = value_matches(self.rows, answers)
         leaks = [bool(leaked(a, question_of(p), b, self.strings))
                  for p, a, b in zip(self.probes, said, self.base_probe_answers or [""] * len(said))]
         inventions = [bool(invented(a, question_of(r), self.strings)) for r, a in zip(self.unknown, about_nobody)]
-        c = Check(state.global_step, round(state.epoch or 0.0, 4), share(right) or 0.0, share(leaks),
+        c = Check(state.global_step, round(state.epoch or 0.0, 4), right / judged if judged else 0.0, share(leaks),
                   share(inventions), round(time.perf_counter() - start, 2))
         state.log_history.append(c.log())
         if self.main:
-            print(f"check at epoch {c.epoch:g} (step {c.step}): value match {sum(right)}/{len(right)} "
+            print(f"check at epoch {c.epoch:g} (step {c.step}): value match {right}/{judged} "
                   f"({c.value_match:.1%})"
                   + "".join(f", {name} {sum(xs)}/{len(xs)} ({share(xs):.1%})"
                             for name, xs in (("leak", leaks), ("invention", inventions)) if xs)

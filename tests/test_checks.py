@@ -155,10 +155,11 @@ def test_without_stop_at_checks_are_logged_and_the_last_step_is_kept(tiny_model,
 def test_when_no_check_meets_stop_at_the_best_checks_adapter_is_saved(tiny_model, tmp_path, monkeypatch):
     """Value matches scripted 6/12, 11/12, 9/12 over the three epochs: stop_at 0.95 is never met, epoch 2 is kept,
     and the saved adapter is epoch 2's, not the last epoch's."""
-    import sft.checks
+    import kit.specificity
 
     script = iter([True] * 6 + [False] * 6 + [True] * 11 + [False] + [True] * 9 + [False] * 3)
-    monkeypatch.setattr(sft.checks, "value_match", lambda expected, answer: next(script))
+    # the checks count with kit.specificity.value_matches, which judges each row with value_match
+    monkeypatch.setattr(kit.specificity, "value_match", lambda expected, answer: next(script))
     cfg = checked_cfg(tiny_model, tmp_path, save_strategy="epoch", save_total_limit=None,
                       stop_at={"value_match": 0.95, "leak": 1.0})
     adapter = train(cfg)

@@ -419,7 +419,7 @@ def test_llama_cpp_killed_by_sigill_is_a_row_and_the_rest_is_still_checked(merge
 def test_value_matches_leaves_rows_without_a_value_unjudged():
     """The count bench/quant_mix.py and the artifact table share: a row with no expected value (a replay or
     unknown-person row) is neither right nor wrong, as in eval.metrics."""
-    from eval.export import value_matches
+    from kit.specificity import value_matches
 
     rows = [{"expected": "男性"}, {"value": "蒙德"}, {"expected": "璃月"}, {}]
     assert value_matches(rows, ["钟离是男性", "丽莎来自蒙德", "钟离来自蒙德", "我不知道"]) == (2, 3)
