@@ -181,6 +181,10 @@ class TrainConfig:
     # Run the tokens every row of a batch starts with (system prompt, template header) once per batch, not once per
     # row: same loss and gradients, less compute (sft/prefix.py says where it applies).
     share_prefix: bool = True
+    # torch.compile each decoder layer's MLP and norms, once for all layers and lengths (sft/compile.py): ~1.1x a
+    # step on a CPU in bf16, none in fp32 (bench/RESULTS.md 2026-12-02). Off: it changes the rounding, which moved
+    # the quickstart off its epoch-3 stop. On a CPU it needs a C++ compiler.
+    compile_layers: bool = False
     logging_steps: int = 5
     eval_strategy: Literal["no", "steps", "epoch"] = "epoch"
     eval_steps: int | None = None

@@ -35,6 +35,7 @@ from sft.answers import answer, answering_attention
 from sft.callbacks import LossPlotCallback
 from sft.checkpoints import checkpoint_epoch, last_checkpoint
 from sft.checks import BEST_DIR, KnowledgeChecks, checks_in, keep_best, knowledge_checks
+from sft.compile import compile_layers, use_compile
 from sft.encode import audit, cut_answers_warning, encode_file, encode_rows, token_counts, with_counts
 from sft.replay import replay_rows
 from sft.trainer_config import (
@@ -65,7 +66,9 @@ def _train(cfg: Config, callbacks: list | None) -> Path:
             and run.precision == "bf16" else ""
         print(f"device {run.device}, precision {run.precision}{auto}, attention "
               f"{getattr(trainer.model.config, '_attn_implementation', None) or 'default'}, "
-              f"threads {torch.get_num_threads()}; LoRA trains "
+              f"threads {torch.get_num_threads()}"
+              + (f", {run.compiled} modules compiled (train.compile_layers)" if run.compiled else "")
+              + f"; LoRA trains "
               f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
               + (f"; resuming from {run.resume_from}" if run.resume_from else ""), flush=True)
 
@@ -113,6 +116,7 @@ class Run:
     precision: str
     answer_attention: str | None  # what replay rows and examples are answered with (`answering_attention`)
     checks: KnowledgeChecks | None  # the knowledge checks' callback, when the data has a validation split
+    compiled: int = 0  # modules compiled for the training step (sft.compile)
 
 
 def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
@@ -120,6 +124,7 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     device = pick_device(cfg.train.device)
     state = process_state(device)  # one process, or one of several under `accelerate launch` / torchrun
     resume_from = check_before_loading(cfg, device)
+    compiled = use_compile(cfg, device)  # on a CPU without a C++ compiler: an error, before any work
     with state.main_process_first():  # files (data, dequantised GGUF) are written once, then read by the others
         data_dir = ensure_built(cfg)
         model_path = resolve(cfg.model)
@@ -172,8 +177,9 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
                    *(callbacks or [])],
     )
     choose_pad_token(tok)  # SFTTrainer falls back to eos when the tokenizer had no pad token; keep ours
+    n_compiled = compile_layers(trainer.model) if compiled else 0
     return Run(trainer, tok, train_enc, eval_enc, examples, before, resume_from, checkpoint_epoch(resume_from), device,
-               precision, answer_attention, checks)
+               precision, answer_attention, checks, n_compiled)
 
 
 def check_before_loading(cfg: Config, device: str) -> str | None:

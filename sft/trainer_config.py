@@ -45,7 +45,8 @@ def build_lora_config(lora: LoraConfig):
 # How the `train` section reaches trl.SFTConfig. Fields with the same name in both pass as they are; these are the
 # exceptions, written once: the kit's own fields, and those TRL takes under another name or form.
 KIT_ONLY_TRAIN_FIELDS = frozenset({"resume", "threads", "device", "precision", "show_examples", "share_prefix",
-                                   "check_strategy", "check_steps", "check_probes", "check_names", "stop_at"})
+                                   "compile_layers", "check_strategy", "check_steps", "check_probes", "check_names",
+                                   "stop_at"})
 
 
 RENAMED_TRAIN_FIELDS = {
