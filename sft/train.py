@@ -35,7 +35,7 @@ from sft.answers import answer, answering_attention
 from sft.callbacks import LossPlotCallback
 from sft.checkpoints import checkpoint_epoch, last_checkpoint
 from sft.checks import BEST_DIR, KnowledgeChecks, checks_in, keep_best, knowledge_checks
-from sft.compile import compile_layers, use_compile
+from sft.compile import COMPILED_PARTS, compile_layers, use_compile
 from sft.encode import audit, cut_answers_warning, encode_file, encode_rows, token_counts, with_counts
 from sft.replay import replay_rows
 from sft.trainer_config import (
@@ -178,6 +178,9 @@ def build_trainer(cfg: Config, callbacks: list | None = None) -> Run:
     )
     choose_pad_token(tok)  # SFTTrainer falls back to eos when the tokenizer had no pad token; keep ours
     n_compiled = compile_layers(trainer.model) if compiled else 0
+    if compiled and not n_compiled and main:
+        print(f"train.compile_layers: no decoder layer with {', '.join(COMPILED_PARTS)} in this model; it trains "
+              f"eager", flush=True)
     return Run(trainer, tok, train_enc, eval_enc, examples, before, resume_from, checkpoint_epoch(resume_from), device,
                precision, answer_attention, checks, n_compiled)
 

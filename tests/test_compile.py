@@ -112,3 +112,14 @@ def test_compiled_training_matches_eager_and_saves_the_same_adapter(tiny_model, 
 
 def test_no_decoder_layer_means_nothing_compiled():
     assert sc.compile_layers(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))) == 0
+
+
+def test_a_model_without_such_layers_is_said_to_train_eager(tiny_model, tmp_path, monkeypatch, capsys):
+    from sft.train import build_trainer
+
+    monkeypatch.setattr(sc, "COMPILED_PARTS", ("feed_forward", "attention_norm", "ffn_norm"))  # another family's names
+    monkeypatch.setattr("sft.train.COMPILED_PARTS", sc.COMPILED_PARTS)
+    run = build_trainer(cfg_with(tmp_path, tiny_model, compile_layers=True))
+    assert run.compiled == 0
+    assert "train.compile_layers: no decoder layer with feed_forward, attention_norm, ffn_norm in this model; it " \
+           "trains eager" in capsys.readouterr().out
