@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 
 from kit.config import parse_args
-from sft.compile import COMPILED_PARTS, compile_layers
+from sft.compile import compile_layers, layer_parts
 from sft.train import build_trainer
 
 
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     run = build_trainer(cfg, [])
     trainer = run.trainer
     model = trainer.accelerator.prepare_model(trainer.model)  # as Trainer.train does: autocast around forward
-    rows = random.Random(0).sample(range(len(trainer.train_dataset)), own.batches * 8)
     size = cfg.train.per_device_train_batch_size
+    rows = random.Random(0).sample(range(len(trainer.train_dataset)), own.batches * size)
     batches = [trainer.data_collator([trainer.train_dataset[i] for i in rows[j:j + size]])
                for j in range(0, own.batches * size, size)]
     model.train()
@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         model.zero_grad()
         return time.perf_counter() - start, losses
 
-    parts = [getattr(m, name) for m in model.modules() if all(hasattr(m, n) for n in COMPILED_PARTS)
-             for name in COMPILED_PARTS]
+    parts = layer_parts(model)
     eager = [p.forward for p in parts]
     print(f"{compile_layers(model)} modules compiled; precision {run.precision}", flush=True)
     compiled = [p.forward for p in parts]

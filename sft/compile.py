@@ -53,15 +53,16 @@ def compile_layers(model) -> int:
     the expected shape found; the model trains eager)."""
     import torch
 
-    n = 0
-    for layer in model.modules():
-        parts = [getattr(layer, name, None) for name in COMPILED_PARTS]
-        if any(part is None for part in parts):
-            continue
-        for part in parts:
-            part.forward = _when_training(part.forward, torch.compile(part.forward, dynamic=True))
-            n += 1
-    return n
+    parts = layer_parts(model)
+    for part in parts:
+        part.forward = _when_training(part.forward, torch.compile(part.forward, dynamic=True))
+    return len(parts)
+
+
+def layer_parts(model) -> list:
+    """The `COMPILED_PARTS` modules of every module of `model` that has all of them (its decoder layers), in order."""
+    layers = [m for m in model.modules() if all(getattr(m, n, None) is not None for n in COMPILED_PARTS)]
+    return [getattr(layer, name) for layer in layers for name in COMPILED_PARTS]
 
 
 def _when_training(eager, compiled):
