@@ -42,11 +42,14 @@ PROBE_NAMES = {
 TRAIN_NAMES = {
     "zh": ["郑海涛", "吴桂芳", "冯立新", "何静怡", "许文博", "韩雪梅", "曹宇轩", "邓晓明", "彭佳怡", "潘振华", "蒋雨晴",
            "罗建平", "谢婷婷", "宋子豪", "唐秀兰", "袁志刚", "杜晓峰", "叶思远", "程美玲", "魏国栋", "苏明辉", "吕欣然",
-           "丁宏伟", "沈佳慧"],
+           "丁宏伟", "沈佳慧", "田文杰", "任雅丽", "姜丽萍", "范志勇", "傅晓琳", "汪建华", "崔敏", "陆子轩", "萧雨薇",
+           "龚正阳", "严慧芳", "贺伟东"],
     "en": ["Daniel Hughes", "Aisha Bello", "Lukas Becker", "Mei Lin", "Carlos Mendes", "Hannah Scott", "Ivan Petrov",
            "Grace Kim", "Omar Haddad", "Julia Novak", "Ethan Walsh", "Chloe Martin", "Ravi Sharma", "Anna Kowalski",
            "Peter Olsen", "Zoe Bennett", "Marco Bianchi", "Yuki Tanaka", "Lucas Moreau", "Amara Obi", "Henry Clark",
-           "Ines Duarte", "Felix Wagner", "Maya Cohen"],
+           "Ines Duarte", "Felix Wagner", "Maya Cohen", "Noah Fischer", "Sara Lindgren", "Ahmed Farouk", "Lena Vogel",
+           "Tom Harris", "Nadia Petrova", "Paulo Costa", "Emily Turner", "Hiro Sato", "Clara Weiss", "Kwame Mensah",
+           "Eva Horvath"],
 }
 # Asked by training's knowledge checks (sft/checks.py) only: choosing when to stop on eval's or training's own names
 # would tune the figure eval reports.

@@ -11,6 +11,7 @@ from kit.config import KitError, build_config
 from kit.specificity import (
     PROBE_NAMES,
     TRAIN_NAMES,
+    check_questions,
     contains,
     invented,
     invented_names,
@@ -110,15 +111,16 @@ def test_probe_and_replay_sets_are_disjoint_and_mention_no_bundled_entity():
 
     root = Path(__file__).resolve().parents[1]
     for lang, data in (("zh", "genshin_roles.json"), ("en", "genshin_roles_en.json")):
-        probes, replay = probe_questions(lang), replay_prompts(lang)
-        assert len(probes) >= 100 and len(replay) >= 80 and not set(probes) & set(replay)
+        probes, replay, checks = probe_questions(lang), replay_prompts(lang), check_questions(lang)
+        assert len(probes) >= 100 and len(replay) == 153 and len(checks) >= 24
+        assert not set(probes) & set(replay) and not set(checks) & set(replay) and not set(probes) & set(checks)
         roles = json.loads((root / "data" / data).read_text(encoding="utf-8"))
         for q in probes + replay:
             assert not any(contains(q, name) for name in roles), q
 
 
 @pytest.mark.parametrize("data,pattern", [
-    ({"replay": 81}, r"data\.replay: the zh replay set has 80 prompts; use at most 80, got 81"),
+    ({"replay": 154}, r"data\.replay: the zh replay set has 153 prompts; use at most 153, got 154"),
     ({"replay": -1}, r"data\.replay: must be >= 0, got -1"),
     ({"unknown_entities": -2}, r"data\.unknown_entities: must be >= 0, got -2"),
 ])
@@ -132,8 +134,8 @@ def test_specificity_options_are_checked_with_the_config(data, pattern):
 def test_too_many_unknown_entities_fails_before_anything_is_written(tmp_path):
     from data_prep.build import build
 
-    with pytest.raises(KitError, match=r"25 invented names asked for, 24 available for data\.language=zh"):
-        build(data_cfg(tmp_path, unknown_entities=25))
+    with pytest.raises(KitError, match=r"37 invented names asked for, 36 available for data\.language=zh"):
+        build(data_cfg(tmp_path, unknown_entities=37))
     assert not (tmp_path / "run").exists()
 
 
