@@ -104,7 +104,8 @@ def invented_names(language: str, n: int, entities: set[str], use: str) -> list[
     taken = {normalise(e) for e in entities}
     free = [name for name in names if normalise(name) not in taken]
     if n > len(free):
-        raise KitError(f"{n} invented names asked for, {len(free)} available for data.language={language}; "
+        key = {"probe": "eval.unknown_names", "train": "data.unknown_entities", "check": "train.check_names"}[use]
+        raise KitError(f"{key}: {n} invented names asked for, {len(free)} available for data.language={language}; "
                        f"use at most {len(free)}")
     return free[:n]
 

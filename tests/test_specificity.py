@@ -102,7 +102,7 @@ def test_invented_names_never_collide_with_data_or_with_each_other():
     rows = specificity_rows([dict(r, entity="王建国", messages=[{"role": "user", "content": "王建国来自哪个国家?"},
                                                              r["messages"][1]]) for r in ROWS[2:3]], "zh", None, 2)
     assert {r["entity"] for r in rows if r["split"] == "unknown"} == {"陈默", "李秀英"}
-    with pytest.raises(KitError, match=r"13 invented names asked for, 12 available"):
+    with pytest.raises(KitError, match=r"eval\.unknown_names: 13 invented names asked for, 12 available"):
         invented_names("en", 13, set(), "probe")
 
 
@@ -134,7 +134,7 @@ def test_specificity_options_are_checked_with_the_config(data, pattern):
 def test_too_many_unknown_entities_fails_before_anything_is_written(tmp_path):
     from data_prep.build import build
 
-    with pytest.raises(KitError, match=r"37 invented names asked for, 36 available for data\.language=zh"):
+    with pytest.raises(KitError, match=r"data\.unknown_entities: 37 invented names asked for, 36 available for data\.language=zh"):
         build(data_cfg(tmp_path, unknown_entities=37))
     assert not (tmp_path / "run").exists()
 
