@@ -58,6 +58,9 @@ CHECK_NAMES = {
     "en": ["Nathan Price", "Leila Karimi", "Jonas Berg", "Camila Reyes", "Victor Hale", "Ingrid Solberg",
            "Tariq Aziz", "Rosa Delgado"],
 }
+# Each list, by its use in `invented_names`, with the config key that says how many of it are asked.
+NAME_LISTS = {"probe": (PROBE_NAMES, "eval.unknown_names"), "train": (TRAIN_NAMES, "data.unknown_entities"),
+              "check": (CHECK_NAMES, "train.check_names")}
 # What a model should say about someone it was never told about.
 UNKNOWN_ANSWER = {"zh": "我不知道{entity}是谁,没有关于{entity}的资料。",
                   "en": "I don't know who {entity} is; I have no information about {entity}."}
@@ -100,11 +103,11 @@ def replay_prompts(language: str) -> list[str]:
 
 def invented_names(language: str, n: int, entities: set[str], use: str) -> list[str]:
     """The first n names of the list `use` ("probe", "train" or "check") that are no entity of the data."""
-    names = {"probe": PROBE_NAMES, "train": TRAIN_NAMES, "check": CHECK_NAMES}[use][language]
+    by_language, key = NAME_LISTS[use]
+    names = by_language[language]
     taken = {normalise(e) for e in entities}
     free = [name for name in names if normalise(name) not in taken]
     if n > len(free):
-        key = {"probe": "eval.unknown_names", "train": "data.unknown_entities", "check": "train.check_names"}[use]
         raise KitError(f"{key}: {n} invented names asked for, {len(free)} available for data.language={language}; "
                        f"use at most {len(free)}")
     return free[:n]
