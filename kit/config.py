@@ -24,7 +24,7 @@ import yaml
 
 from kit.errors import ConfigError, KitError  # noqa: F401 - KitError: imported from here by earlier code
 from kit.files import read_text
-from kit.specificity import CHECK_NAMES, check_questions, replay_prompts
+from kit.specificity import NAME_LISTS, check_questions, replay_prompts
 
 # GGUF formats eval.export writes: the kit's own writer, then llama.cpp's quantizer (with or without the importance
 # matrix), then auto.
@@ -522,9 +522,9 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
         errors.append("train.packing and train.padding_free: choose one (packing already removes padding)")
     if cfg.data.max_train_phrasings is not None and cfg.data.max_train_phrasings < 1:
         errors.append(f"data.max_train_phrasings: must be >= 1, got {cfg.data.max_train_phrasings}")
-    for name in ("unknown_entities", "replay"):
-        if getattr(cfg.data, name) < 0:
-            errors.append(f"data.{name}: must be >= 0, got {getattr(cfg.data, name)}")
+    if cfg.data.replay < 0:
+        errors.append(f"data.replay: must be >= 0, got {cfg.data.replay}")
+    errors += _invented_name_errors(cfg)
     d = cfg.data
     if not 1 <= d.phrasing_min <= d.phrasing_kept <= d.phrasing_candidates:
         errors.append(f"data.phrasing_min, data.phrasing_kept, data.phrasing_candidates: need 1 <= min <= kept <= "
@@ -534,8 +534,6 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
         if cfg.data.replay > available:
             errors.append(f"data.replay: the {cfg.data.language} replay set has {available} prompts; use at most "
                           f"{available}, got {cfg.data.replay}")
-    if cfg.eval.unknown_names < 0:
-        errors.append(f"eval.unknown_names: must be >= 0, got {cfg.eval.unknown_names}")
     if cfg.data.multi_turn < 0:
         errors.append(f"data.multi_turn: must be >= 0, got {cfg.data.multi_turn}")
     e = cfg.eval
@@ -554,6 +552,21 @@ def _check_values(cfg: Config, errors: list[str]) -> None:
                       f"({e.bertscore_model}); bert-score has no default layer for it (bert-base-chinese: 8)")
 
 
+def _invented_name_errors(cfg: Config) -> list[str]:
+    """Each count of invented people (data.unknown_entities, eval.unknown_names, train.check_names) against its
+    name list (kit.specificity.NAME_LISTS), before any work: eval.unknown_names would otherwise fail only when eval
+    builds its questions, after training. A name that is also an entity of the data is skipped when the names are
+    drawn (kit.specificity.invented_names), which can only be known once the data is read."""
+    errors = []
+    for names, key in NAME_LISTS.values():
+        section, field_name = key.split(".")
+        n, available = getattr(getattr(cfg, section), field_name), len(names[cfg.data.language])
+        if not 0 <= n <= available:
+            errors.append(f"{key}: the {cfg.data.language} list of invented names has {available}; use 0 to "
+                          f"{available}, got {n}")
+    return errors
+
+
 VALIDATION_FILE = "validation.jsonl"
 STOP_AT_KEYS = {"value_match": "at least", "leak": "at most", "invention": "at most"}
 
@@ -568,11 +581,10 @@ def _check_knowledge_checks(cfg: Config, errors: list[str]) -> None:
                       "checking it would only stop training late)")
     if t.check_strategy == "steps" and not t.check_steps:
         errors.append("train.check_steps: required when train.check_strategy is 'steps'")
-    for name, available in (("check_probes", len(check_questions(d.language))), ("check_names",
-                                                                                len(CHECK_NAMES[d.language]))):
-        if not 0 <= getattr(t, name) <= available:
-            errors.append(f"train.{name}: the {d.language} set has {available}; use 0 to {available}, got "
-                          f"{getattr(t, name)}")
+    available = len(check_questions(d.language))
+    if not 0 <= t.check_probes <= available:
+        errors.append(f"train.check_probes: the {d.language} set has {available}; use 0 to {available}, got "
+                      f"{t.check_probes}")
     if t.stop_at is None:
         return
     for key, bound in t.stop_at.items():

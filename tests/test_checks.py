@@ -45,7 +45,7 @@ def checked_cfg(model, tmp_path, data=None, **train_kw):
     ({}, {"stop_at": "0.95"}, r"train\.stop_at: expected mapping of str to float or null"),
     ({"validation_size": 0.1}, {"stop_at": {"value_match": 0.9, "invention": 0.1}, "check_names": 0},
      r"train\.stop_at\.invention: needs invented people .* train\.check_names > 0"),
-    ({"validation_size": 0.1}, {"check_names": 9}, r"train\.check_names: the zh set has 8; use 0 to 8, got 9"),
+    ({"validation_size": 0.1}, {"check_names": 9}, r"train\.check_names: the zh list of invented names has 8; use 0 to 8, got 9"),
 ])
 def test_config_errors_name_the_key(data, train_kw, message):
     raw = {"model": {"name_or_path": "m"}, "data": data, "train": train_kw}

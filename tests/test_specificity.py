@@ -122,7 +122,10 @@ def test_probe_and_replay_sets_are_disjoint_and_mention_no_bundled_entity():
 @pytest.mark.parametrize("data,pattern", [
     ({"replay": 154}, r"data\.replay: the zh replay set has 153 prompts; use at most 153, got 154"),
     ({"replay": -1}, r"data\.replay: must be >= 0, got -1"),
-    ({"unknown_entities": -2}, r"data\.unknown_entities: must be >= 0, got -2"),
+    ({"unknown_entities": -2}, r"data\.unknown_entities: the zh list of invented names has 36; use 0 to 36, got -2"),
+    ({"unknown_entities": 37}, r"data\.unknown_entities: the zh list of invented names has 36; use 0 to 36, got 37"),
+    ({"language": "en", "unknown_entities": 40},
+     r"data\.unknown_entities: the en list of invented names has 36; use 0 to 36, got 40"),
 ])
 def test_specificity_options_are_checked_with_the_config(data, pattern):
     from kit.config import ConfigError
@@ -131,11 +134,27 @@ def test_specificity_options_are_checked_with_the_config(data, pattern):
         build_config({"model": {"name_or_path": "m"}, "data": data})
 
 
+@pytest.mark.parametrize("n", [13, -1])
+def test_eval_unknown_names_is_checked_with_the_config_not_after_training(n):
+    # before: 13 passed the config and failed only when eval built its questions, after training
+    from kit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"eval\.unknown_names: the zh list of invented names has 12; use 0 to 12, "
+                                          rf"got {n}"):
+        build_config({"model": {"name_or_path": "m"}, "eval": {"unknown_names": n}})
+
+
 def test_too_many_unknown_entities_fails_before_anything_is_written(tmp_path):
+    # the config allows 36; a data entity that is also an invented name leaves 35, known only once the data is read
     from data_prep.build import build
 
-    with pytest.raises(KitError, match=r"data\.unknown_entities: 37 invented names asked for, 36 available for data\.language=zh"):
-        build(data_cfg(tmp_path, unknown_entities=37))
+    src = tmp_path / "roles.json"
+    src.write_text(json.dumps({TRAIN_NAMES["zh"][5]: {"性别": "成年男性", "国籍": "璃月"}}, ensure_ascii=False),
+                   encoding="utf-8")
+    cfg = build_config({"model": {"name_or_path": "m"}, "data": {"source": str(src), "unknown_entities": 36},
+                        "output_dir": str(tmp_path / "run")})
+    with pytest.raises(KitError, match=r"data\.unknown_entities: 36 invented names asked for, 35 available for data\.language=zh"):
+        build(cfg)
     assert not (tmp_path / "run").exists()
 
 
