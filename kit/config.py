@@ -215,6 +215,11 @@ class TrainConfig:
     # (value_match: at least; leak, invention: at most). When none does, the adapter kept is the check's nearest to
     # them (sft.checks.best_check), not the last one. null: train the epochs asked for and keep the last.
     stop_at: dict[str, float] | None = None
+    # With stop_at: also stop once the nearest check so far has reached stop_at.value_match and this many checks
+    # after it came no nearer to the bounds (leak and invention that more epochs do not bring down); that check's
+    # adapter is kept (sft.checks.patience_spent). null: train to num_train_epochs when no check meets stop_at.
+    # Without stop_at it does nothing (so train.stop_at=null alone turns the stopping off).
+    early_stopping_patience: int | None = None
 
 
 @dataclass
@@ -585,6 +590,9 @@ def _check_knowledge_checks(cfg: Config, errors: list[str]) -> None:
     if not 0 <= t.check_probes <= available:
         errors.append(f"train.check_probes: the {d.language} set has {available}; use 0 to {available}, got "
                       f"{t.check_probes}")
+    if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
+        errors.append(f"train.early_stopping_patience: a number of checks >= 1, or null for none, got "
+                      f"{t.early_stopping_patience}")
     if t.stop_at is None:
         return
     for key, bound in t.stop_at.items():

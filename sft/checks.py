@@ -88,6 +88,21 @@ def best_check(checks: list[Check], stop_at: dict[str, float]) -> Check | None:
     return min(checks, key=lambda c: (c.shortfall(stop_at), -c.step), default=None)
 
 
+def patience_spent(checks: list[Check], stop_at: dict[str, float], patience: int | None) -> bool:
+    """True when the nearest check so far (the first with the smallest `Check.shortfall`) reached stop_at's
+    value_match bound and the `patience` checks after it came no nearer: the model knows its facts and more epochs
+    have not brought leak or invention within their bounds. Never before value_match is reached, so a run that
+    is still learning its facts is not cut short. The check kept is then `best_check`'s.
+
+    The rule of transformers' `EarlyStoppingCallback` (early_stopping_patience), on the checks' shortfall instead of
+    an eval metric, and only once the facts are known."""
+    if not patience or not checks:
+        return False
+    shortfalls = [c.shortfall(stop_at) for c in checks]
+    nearest = shortfalls.index(min(shortfalls))
+    return checks[nearest].value_match >= stop_at["value_match"] and len(checks) - 1 - nearest >= patience
+
+
 class KnowledgeChecks(TrainerCallback):
     """See the module docstring. `rows`: validation rows (single-turn facts with `expected`); `probes`: everyday
     questions as rows; `unknown`: questions about invented people as rows; `strings`: what training teaches
@@ -140,10 +155,17 @@ class KnowledgeChecks(TrainerCallback):
         checks = checks_in(state.log_history)
         if self.main and best_check(checks, self.stop_at).step == c.step:  # checks holds c: never None
             save_best(model, self.best_dir, c)
+        patience = self.cfg.train.early_stopping_patience
         if agreed(c.meets(self.stop_at)):
             control.should_training_stop = True
             if self.main:
                 print(f"train.stop_at {self.stop_at} met at epoch {c.epoch:g} (step {c.step}): stopping", flush=True)
+        elif agreed(patience_spent(checks, self.stop_at, patience)):
+            control.should_training_stop = True
+            if self.main:
+                print(f"{patience} check(s) since the facts were known came no nearer to train.stop_at "
+                      f"{self.stop_at} (train.early_stopping_patience): stopping at epoch {c.epoch:g} (step {c.step})",
+                      flush=True)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         if self.cfg.train.check_strategy == "epoch":
@@ -200,6 +222,9 @@ def keep_best(trainer, cfg: Config) -> dict | None:
                + "".join(f", {name} {getattr(best, name):.1%}" for name in BOUNDS
                          if name in stop_at and getattr(best, name) is not None)
                + f"; {best.shortfall(stop_at):.3f} short)")
+        if patience_spent(checks, stop_at, cfg.train.early_stopping_patience):
+            why += (f"; training stopped after {cfg.train.early_stopping_patience} check(s) that came no nearer "
+                    f"(train.early_stopping_patience)")
     if best.step != last.step:
         best_dir = cfg.checkpoints_dir / BEST_DIR
         saved = _saved_step(best_dir)

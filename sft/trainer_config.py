@@ -46,7 +46,7 @@ def build_lora_config(lora: LoraConfig):
 # exceptions, written once: the kit's own fields, and those TRL takes under another name or form.
 KIT_ONLY_TRAIN_FIELDS = frozenset({"resume", "threads", "device", "precision", "show_examples", "share_prefix",
                                    "compile_layers", "check_strategy", "check_steps", "check_probes", "check_names",
-                                   "stop_at"})
+                                   "stop_at", "early_stopping_patience"})
 
 
 RENAMED_TRAIN_FIELDS = {

@@ -11,7 +11,7 @@ from data_prep.build import build
 from data_prep.sources import DataError
 from kit.config import KitError, build_config
 from kit.files import load_jsonl
-from sft.checks import Check, best_check
+from sft.checks import Check, best_check, patience_spent
 from sft.train import train
 from tests.test_train import Crash, tiny_cfg
 
@@ -19,11 +19,13 @@ from tests.test_train import Crash, tiny_cfg
 def checked_cfg(model, tmp_path, data=None, **train_kw):
     """tiny_cfg with a validation split (2 phrasings per attribute) and knowledge checks every epoch (3 steps)."""
     stop_at = train_kw.pop("stop_at", None)
+    patience = train_kw.pop("early_stopping_patience", None)
     cfg = tiny_cfg(model, tmp_path, **{"max_steps": -1, "num_train_epochs": 3, "check_probes": 4,
                                        "learning_rate": 2e-2, **train_kw})
     raw = cfg.to_dict()
     raw["data"].update({"validation_size": 0.15, **(data or {})})
     raw["train"]["stop_at"] = stop_at
+    raw["train"]["early_stopping_patience"] = patience
     return build_config(raw)
 
 
@@ -46,6 +48,8 @@ def checked_cfg(model, tmp_path, data=None, **train_kw):
     ({"validation_size": 0.1}, {"stop_at": {"value_match": 0.9, "invention": 0.1}, "check_names": 0},
      r"train\.stop_at\.invention: needs invented people .* train\.check_names > 0"),
     ({"validation_size": 0.1}, {"check_names": 9}, r"train\.check_names: the zh list of invented names has 8; use 0 to 8, got 9"),
+    ({"validation_size": 0.1}, {"stop_at": {"value_match": 0.9}, "early_stopping_patience": 0},
+     r"train\.early_stopping_patience: a number of checks >= 1, or null for none, got 0"),
 ])
 def test_config_errors_name_the_key(data, train_kw, message):
     raw = {"model": {"name_or_path": "m"}, "data": data, "train": train_kw}
@@ -122,6 +126,35 @@ def test_invention_above_its_bound_keeps_training_going():
     assert not c(9, 0.98, None, None).meets(stop_at)  # a bound on a measure not taken is not met
 
 
+QUICKSTART_STOP_AT = {"value_match": 0.85, "leak": 0.05, "invention": 0.10}
+
+
+def test_patience_stops_a_run_that_knows_its_facts_and_comes_no_nearer():
+    """The quickstart with train.seed=11 (runs qs-s85d, bench/RESULTS.md): the facts are known at epoch 3 (93.8% on
+    the checks), invention holds it (20%), epochs 4 and 5 come no nearer. Patience 1 stops after epoch 4 and keeps
+    epoch 3, the check the 5-epoch run kept."""
+    checks = [c(55, 13 / 48, 0 / 24, 0.25), c(110, 21 / 48, 1 / 24, 0.15), c(165, 45 / 48, 0 / 24, 0.20),
+              c(220, 46 / 48, 3 / 24, 0.30), c(275, 46 / 48, 2 / 24, 0.25)]
+    assert [patience_spent(checks[:n], QUICKSTART_STOP_AT, 1) for n in range(1, 6)] == [False, False, False, True,
+                                                                                        True]
+    assert [patience_spent(checks[:n], QUICKSTART_STOP_AT, 2) for n in range(1, 6)] == [False] * 4 + [True]
+    assert not any(patience_spent(checks[:n], QUICKSTART_STOP_AT, None) for n in range(1, 6))
+    assert best_check(checks[:4], QUICKSTART_STOP_AT).step == 165
+
+
+def test_patience_never_cuts_short_a_run_still_learning_its_facts():
+    # batch 16 (bench/RESULTS.md, seventh session): value match never reached; epoch 2 came no nearer than epoch 1
+    learning = [c(28, 8 / 48, 1 / 24, 0.10), c(56, 21 / 48, 1 / 24, 0.40), c(84, 28 / 48, 5 / 24, 0.30)]
+    assert not any(patience_spent(learning[:n], QUICKSTART_STOP_AT, 1) for n in range(1, 4))
+    # the prefix in bf16: epoch 4 reached value match but came no nearer than epoch 3, which had not: train on
+    prefix = [c(55, 10 / 48, 1 / 24, 0.10), c(110, 31 / 48, 1 / 24, 0.15), c(165, 39 / 48, 2 / 24, 0.10),
+              c(220, 42 / 48, 1 / 24, 0.30)]
+    assert not patience_spent(prefix, QUICKSTART_STOP_AT, 1)
+    # a check as near as the nearest (a tie) is no nearer
+    tie = [c(3, 0.9, 0.0, 0.25), c(6, 0.9, 0.0, 0.25)]
+    assert patience_spent(tie, QUICKSTART_STOP_AT, 1) and best_check(tie, QUICKSTART_STOP_AT).step == 6
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Training with checks
 
@@ -175,6 +208,28 @@ def test_when_no_check_meets_stop_at_the_best_checks_adapter_is_saved(tiny_model
     for k in kept:
         torch.testing.assert_close(kept[k], epoch2[k], rtol=0, atol=0)
     assert any(not torch.equal(kept[k], epoch3[k]) for k in kept)
+
+
+def test_patience_stops_training_and_keeps_the_nearest_checks_adapter(tiny_model, tmp_path, monkeypatch, capsys):
+    """Invention scripted 6/12 at epoch 1 and 12/12 at epoch 2 against a bound of 0: value match (bound 0) is
+    reached at once, epoch 2 comes no nearer, so patience 1 stops after epoch 2 of 3 and keeps epoch 1's adapter."""
+    import sft.checks
+
+    script = iter([True] * 6 + [False] * 6 + [True] * 12 + [True] * 12)
+    monkeypatch.setattr(sft.checks, "invented", lambda answer, question, strings: next(script))
+    cfg = checked_cfg(tiny_model, tmp_path, save_strategy="epoch", save_total_limit=None, early_stopping_patience=1,
+                      stop_at={"value_match": 0.0, "invention": 0.0})
+    adapter = train(cfg)
+    m = json.loads((cfg.out / "metrics.json").read_text(encoding="utf-8"))
+    assert [(x["step"], x["invention"]) for x in m["checks"]] == [(3, 0.5), (6, 1.0)] and m["steps"] == 6
+    assert m["kept"]["step"] == 3
+    assert m["kept"]["why"].endswith("0.500 short); training stopped after 1 check(s) that came no nearer "
+                                     "(train.early_stopping_patience)")
+    assert "1 check(s) since the facts were known came no nearer" in capsys.readouterr().out
+    kept = load_file(str(adapter / "adapter_model.safetensors"))
+    epoch1 = load_file(str(cfg.checkpoints_dir / "checkpoint-3" / "adapter_model.safetensors"))
+    for k in kept:
+        torch.testing.assert_close(kept[k], epoch1[k], rtol=0, atol=0)
 
 
 def test_a_resumed_run_keeps_the_checks_made_before_the_kill(tiny_model, tmp_path):
