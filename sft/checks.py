@@ -160,7 +160,7 @@ class KnowledgeChecks(TrainerCallback):
             control.should_training_stop = True
             if self.main:
                 print(f"train.stop_at {self.stop_at} met at epoch {c.epoch:g} (step {c.step}): stopping", flush=True)
-        elif agreed(patience_spent(checks, self.stop_at, patience)):
+        elif state.global_step < state.max_steps and agreed(patience_spent(checks, self.stop_at, patience)):
             control.should_training_stop = True
             if self.main:
                 print(f"{patience} check(s) since the facts were known came no nearer to train.stop_at "
@@ -222,7 +222,8 @@ def keep_best(trainer, cfg: Config) -> dict | None:
                + "".join(f", {name} {getattr(best, name):.1%}" for name in BOUNDS
                          if name in stop_at and getattr(best, name) is not None)
                + f"; {best.shortfall(stop_at):.3f} short)")
-        if patience_spent(checks, stop_at, cfg.train.early_stopping_patience):
+        if (last.step < trainer.state.max_steps  # not at the ceiling, where training ended anyway
+                and patience_spent(checks, stop_at, cfg.train.early_stopping_patience)):
             why += (f"; training stopped after {cfg.train.early_stopping_patience} check(s) that came no nearer "
                     f"(train.early_stopping_patience)")
     if best.step != last.step:

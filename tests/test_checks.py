@@ -210,22 +210,26 @@ def test_when_no_check_meets_stop_at_the_best_checks_adapter_is_saved(tiny_model
     assert any(not torch.equal(kept[k], epoch3[k]) for k in kept)
 
 
-def test_patience_stops_training_and_keeps_the_nearest_checks_adapter(tiny_model, tmp_path, monkeypatch, capsys):
-    """Invention scripted 6/12 at epoch 1 and 12/12 at epoch 2 against a bound of 0: value match (bound 0) is
-    reached at once, epoch 2 comes no nearer, so patience 1 stops after epoch 2 of 3 and keeps epoch 1's adapter."""
+@pytest.mark.parametrize("patience, steps, said", [
+    (1, 6, "; training stopped after 1 check(s) that came no nearer (train.early_stopping_patience)"),
+    (2, 9, ""),  # spent only at the last epoch, the ceiling: training ended anyway, and nothing says otherwise
+])
+def test_patience_stops_training_and_keeps_the_nearest_checks_adapter(tiny_model, tmp_path, monkeypatch, capsys,
+                                                                      patience, steps, said):
+    """Invention scripted 6/12 at epoch 1 and 12/12 after against a bound of 0: value match (bound 0) is reached at
+    once and no later epoch comes nearer, so patience 1 stops after epoch 2 of 3; both keep epoch 1's adapter."""
     import sft.checks
 
-    script = iter([True] * 6 + [False] * 6 + [True] * 12 + [True] * 12)
+    script = iter([True] * 6 + [False] * 6 + [True] * 24)
     monkeypatch.setattr(sft.checks, "invented", lambda answer, question, strings: next(script))
-    cfg = checked_cfg(tiny_model, tmp_path, save_strategy="epoch", save_total_limit=None, early_stopping_patience=1,
-                      stop_at={"value_match": 0.0, "invention": 0.0})
+    cfg = checked_cfg(tiny_model, tmp_path, save_strategy="epoch", save_total_limit=None,
+                      early_stopping_patience=patience, stop_at={"value_match": 0.0, "invention": 0.0})
     adapter = train(cfg)
     m = json.loads((cfg.out / "metrics.json").read_text(encoding="utf-8"))
-    assert [(x["step"], x["invention"]) for x in m["checks"]] == [(3, 0.5), (6, 1.0)] and m["steps"] == 6
+    assert [x["invention"] for x in m["checks"]] == [0.5, 1.0, 1.0][: steps // 3] and m["steps"] == steps
     assert m["kept"]["step"] == 3
-    assert m["kept"]["why"].endswith("0.500 short); training stopped after 1 check(s) that came no nearer "
-                                     "(train.early_stopping_patience)")
-    assert "1 check(s) since the facts were known came no nearer" in capsys.readouterr().out
+    assert m["kept"]["why"].endswith("invention 50.0%; 0.500 short)" + said)
+    assert ("check(s) since the facts were known came no nearer" in capsys.readouterr().out) == bool(said)
     kept = load_file(str(adapter / "adapter_model.safetensors"))
     epoch1 = load_file(str(cfg.checkpoints_dir / "checkpoint-3" / "adapter_model.safetensors"))
     for k in kept:
