@@ -103,6 +103,12 @@ def patience_spent(checks: list[Check], stop_at: dict[str, float], patience: int
     return checks[nearest].value_match >= stop_at["value_match"] and len(checks) - 1 - nearest >= patience
 
 
+def stopped_for_patience(checks: list[Check], stop_at: dict[str, float], patience: int | None, max_steps: int) -> bool:
+    """`patience_spent` at the last check, before the ceiling (max_steps), where training ends anyway: what the
+    callback stops on and what `keep_best` then says."""
+    return bool(checks) and checks[-1].step < max_steps and patience_spent(checks, stop_at, patience)
+
+
 class KnowledgeChecks(TrainerCallback):
     """See the module docstring. `rows`: validation rows (single-turn facts with `expected`); `probes`: everyday
     questions as rows; `unknown`: questions about invented people as rows; `strings`: what training teaches
@@ -160,7 +166,7 @@ class KnowledgeChecks(TrainerCallback):
             control.should_training_stop = True
             if self.main:
                 print(f"train.stop_at {self.stop_at} met at epoch {c.epoch:g} (step {c.step}): stopping", flush=True)
-        elif state.global_step < state.max_steps and agreed(patience_spent(checks, self.stop_at, patience)):
+        elif agreed(stopped_for_patience(checks, self.stop_at, patience, state.max_steps)):
             control.should_training_stop = True
             if self.main:
                 print(f"{patience} check(s) since the facts were known came no nearer to train.stop_at "
@@ -222,8 +228,7 @@ def keep_best(trainer, cfg: Config) -> dict | None:
                + "".join(f", {name} {getattr(best, name):.1%}" for name in BOUNDS
                          if name in stop_at and getattr(best, name) is not None)
                + f"; {best.shortfall(stop_at):.3f} short)")
-        if (last.step < trainer.state.max_steps  # not at the ceiling, where training ended anyway
-                and patience_spent(checks, stop_at, cfg.train.early_stopping_patience)):
+        if stopped_for_patience(checks, stop_at, cfg.train.early_stopping_patience, trainer.state.max_steps):
             why += (f"; training stopped after {cfg.train.early_stopping_patience} check(s) that came no nearer "
                     f"(train.early_stopping_patience)")
     if best.step != last.step:
