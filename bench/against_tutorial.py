@@ -14,9 +14,10 @@ command's wall time, from launch to exit, fresh output dir (the kit builds its d
 each time, as a first run does). With --knowledge N, the last pair is the tutorial for N steps and the kit's whole
 shipped run with every epoch's checkpoint kept; each checkpoint and the tutorial's adapter then answer the held-out
 questions (greedy, batched, 48 new tokens) and the value match is counted: minutes from launch to >= 95%.
---tutorial-precision: `auto` (default) runs the tutorial's bf16 as written where the CPU multiplies bf16 natively
-(AVX512-BF16, AMX) and fp32 where it does not (there torch emulates bf16 matmuls ~40x slower than fp32, and the
-tutorial's first 2 steps did not finish in 15 min: bench/RESULTS.md 2026-11-23): the tutorial at its fastest.
+--tutorial-precision: `auto` (default) runs the tutorial's bf16 as written where the CPU multiplies bf16 faster than
+fp32 (the kit's own rule, `kit.models.cpu_bf16_speedup`), and fp32 where it does not (without bf16 instructions torch
+emulates bf16 matmuls ~40x slower than fp32, and the tutorial's first 2 steps did not finish in 15 min:
+bench/RESULTS.md 2026-11-23; some CPUs with them multiply fp32 faster, 2026-12-02): the tutorial at its fastest.
 
 eval: the tutorial's evaluation loop as written (bench/tutorial_eval.py, on its stack: one generate and one
 BERTScore call per question, loading included) against `python -m eval.run configs/quickstart.yaml` with
@@ -91,9 +92,9 @@ def tutorial_data() -> Path:
 
 
 def tutorial_bf16(choice: str) -> bool:
-    from kit.models import cpu_has_bf16
+    from kit.models import BF16_MIN_SPEEDUP, cpu_bf16_speedup
 
-    return choice == "bf16" or (choice == "auto" and cpu_has_bf16())
+    return choice == "bf16" or (choice == "auto" and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP)
 
 
 def tutorial_train(run: int, steps: int, data: Path, bf16: bool) -> dict:
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--knowledge", type=int, default=0, metavar="N",
                    help="last pair: the tutorial for N steps, the kit's whole shipped run, then value match")
     t.add_argument("--tutorial-precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 as written where the CPU has native bf16, else fp32 (its fastest)")
+                   help="auto: bf16 as written where the CPU multiplies bf16 faster than fp32, else fp32 (its fastest)")
     e = sub.add_parser("eval")
     e.add_argument("--repeats", type=int, default=3)
     e.add_argument("--run", default="runs/quickstart", help="a trained and merged quickstart output_dir")

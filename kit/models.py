@@ -7,6 +7,7 @@ quantization settings first).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -125,13 +126,45 @@ def unwrapped(model):
 
 
 def cpu_has_bf16() -> bool:
-    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without it torch emulates bf16 matmuls, far slower than
-    fp32 (bench/RESULTS.md, 2026-11-23); with it they run faster than fp32 (2026-11-30)."""
+    """The CPU has bf16 instructions (AVX512-BF16 or AMX). Without them torch emulates bf16 matmuls, far slower than
+    fp32 (bench/RESULTS.md, 2026-11-23). With them bf16 is not always the faster: `cpu_bf16_speedup`."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# bf16 is chosen on a CPU only where its matmuls run at least this many times as fast as fp32's: a training step
+# gains less than its matmuls (the quickstart's step 1.58x where bf16 matmuls ran ~2.2x; bench/RESULTS.md 2026-11-30).
+BF16_MIN_SPEEDUP = 1.3
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """How many times as fast this CPU multiplies bf16 as fp32, measured with torch on its current threads: a
+    512 x 1024 by 1024 x 1024 matmul (the size of a small model's layer on a batch of rows), best of 5 runs each,
+    interleaved, ~0.1 s. 0.0 where the CPU has no bf16 instructions (emulated: not worth timing).
+
+    Measured because the instructions alone do not say it: bf16 ran 2.2x fp32 on a 2-core AMD EPYC with AVX512-BF16,
+    but 0.54x on a 2-core Intel Xeon with AVX512-BF16 and no AMX, whose two fp32 FMA units match its bf16 dot-product
+    rate (bench/RESULTS.md 2026-12-02, twelfth session). Computed once per process."""
+    if not cpu_has_bf16():
+        return 0.0
+    import time
+
+    import torch
+
+    a32, b32 = torch.randn(512, 1024), torch.randn(1024, 1024)
+    a16, b16 = a32.to(torch.bfloat16), b32.to(torch.bfloat16)
+    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    for i in range(6):
+        for a, b in ((a32, b32), (a16, b16)):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            if i:  # the first run of each warms up
+                best[a.dtype] = min(best[a.dtype], time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
 
 
 def pick_device(choice: str = "auto") -> str:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 
 from kit.config import Config, LoraConfig
-from kit.models import cpu_has_bf16
+from kit.models import BF16_MIN_SPEEDUP, cpu_bf16_speedup
 
 
 def resolve_precision(cfg: Config, device: str) -> str:
-    """fp32 / bf16 / fp16. On CPUs, bf16 where it has native units: the quickstart's step runs faster there (with
-    eager attention, `training_attention`), while without them torch emulates bf16, far slower than fp32
-    (bench/RESULTS.md, 2026-11-30 and 2026-11-23)."""
+    """fp32 / bf16 / fp16. On CPUs, bf16 where its matmuls run at least BF16_MIN_SPEEDUP times as fast as fp32's,
+    measured (`kit.models.cpu_bf16_speedup`): the quickstart's step runs faster there (with eager attention,
+    `training_attention`); elsewhere fp32, since torch emulates bf16 on CPUs without bf16 instructions (far slower) and
+    some CPUs with them multiply fp32 faster (bench/RESULTS.md, 2026-11-23, 2026-11-30, 2026-12-02)."""
     p = cfg.train.precision
     if p != "auto":
         return p
@@ -20,7 +21,7 @@ def resolve_precision(cfg: Config, device: str) -> str:
 
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    return "bf16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
 
 
 def training_attention(cfg: Config, device: str, precision: str) -> str | None:

@@ -124,16 +124,35 @@ def test_missing_model_fails_before_anything_loads(tmp_path):
         resolve("pkg://no_such_pkg/x.gguf")
 
 
-@pytest.mark.parametrize("native, want", [(True, ("bf16", "eager")), (False, ("fp32", None))])
-def test_auto_precision_on_cpu_follows_native_bf16(tiny_model, tmp_path, monkeypatch, native, want):
-    """precision=auto (the quickstart's): bf16 with eager attention only where the CPU multiplies bf16 natively; an
-    AVX2-only CPU would emulate it ~40x slower than fp32."""
+@pytest.mark.parametrize("speedup, want", [(2.2, ("bf16", "eager")), (1.3, ("bf16", "eager")),
+                                           (1.2, ("fp32", None)), (0.54, ("fp32", None)), (0.0, ("fp32", None))])
+def test_auto_precision_on_cpu_follows_the_measured_bf16_speedup(tiny_model, tmp_path, monkeypatch, speedup, want):
+    """precision=auto (the quickstart's): bf16 with eager attention only where the CPU's bf16 matmuls ran >= 1.3x
+    fp32's: an AMD EPYC with AVX512-BF16 measured 2.2x; an Intel Xeon with AVX512-BF16 and no AMX 0.54x (fp32 is its
+    faster format); 0.0 is a CPU without bf16 instructions, where torch would emulate it ~40x slower than fp32."""
     import sft.trainer_config as tc
 
-    monkeypatch.setattr(tc, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(tc, "cpu_bf16_speedup", lambda: speedup)
     cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
     precision = tc.resolve_precision(cfg, "cpu")
     assert (precision, tc.training_attention(cfg, "cpu", precision)) == want
+
+
+def test_the_bf16_speedup_is_a_measurement_and_zero_without_bf16_instructions(monkeypatch):
+    """The figure auto precision decides on: timed where the CPU has bf16 instructions (a ratio of two timings of
+    the same matmul, so positive and finite), not timed where it has none."""
+    import math
+
+    import kit.models as km
+
+    km.cpu_bf16_speedup.cache_clear()
+    monkeypatch.setattr(km, "cpu_has_bf16", lambda: False)
+    assert km.cpu_bf16_speedup() == 0.0
+    km.cpu_bf16_speedup.cache_clear()
+    monkeypatch.setattr(km, "cpu_has_bf16", lambda: True)
+    timed = km.cpu_bf16_speedup()
+    km.cpu_bf16_speedup.cache_clear()
+    assert timed > 0.0 and math.isfinite(timed)
 
 
 def test_an_attention_the_user_set_is_kept_and_long_rows_keep_sdpa(tiny_model, tmp_path, monkeypatch):
@@ -141,7 +160,7 @@ def test_an_attention_the_user_set_is_kept_and_long_rows_keep_sdpa(tiny_model, t
 
     import sft.trainer_config as tc
 
-    monkeypatch.setattr(tc, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(tc, "cpu_bf16_speedup", lambda: 2.2)
     cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
     assert tc.training_attention(replace(cfg, model=replace(cfg.model, attn_implementation="sdpa")), "cpu",
                                  "bf16") == "sdpa"
@@ -163,7 +182,7 @@ def test_answers_are_written_with_sdpa_when_the_kit_chose_eager_and_training_kee
     import sft.trainer_config as tc
     from sft.answers import answer, answering_attention
 
-    monkeypatch.setattr(tc, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(tc, "cpu_bf16_speedup", lambda: 2.2)
     cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
     assert answering_attention(cfg, "eager") == "sdpa"
     assert answering_attention(replace(cfg, model=replace(cfg.model, attn_implementation="eager")), "eager") is None
