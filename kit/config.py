@@ -168,7 +168,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # auto: bf16 on GPUs that support it and on CPUs whose bf16 matmuls run >= 1.3x fp32's, measured at start
     # (kit.models.cpu_bf16_speedup: AMX, AVX512-BF16 on AMD); else fp32 (without bf16 instructions torch emulates it,
-    # far slower; an Intel AVX512-BF16 CPU without AMX multiplied bf16 at 0.54x fp32: bench/RESULTS.md). CPU bf16
+    # far slower; an Intel AVX512-BF16 CPU without AMX multiplied bf16 at 0.56-0.63x fp32: bench/RESULTS.md). CPU bf16
     # trains with eager attention unless model.attn_implementation says otherwise (training_attention).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # A row longer than this is an error (its answer would be cut away), never silently truncated.

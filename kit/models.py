@@ -146,9 +146,9 @@ def cpu_bf16_speedup() -> float:
     512 x 1024 by 1024 x 1024 matmul (the size of a small model's layer on a batch of rows), best of 5 runs each,
     interleaved, ~0.1 s. 0.0 where the CPU has no bf16 instructions (emulated: not worth timing).
 
-    Measured because the instructions alone do not say it: bf16 ran 2.2x fp32 on a 2-core AMD EPYC with AVX512-BF16,
-    but 0.54x on a 2-core Intel Xeon with AVX512-BF16 and no AMX, whose two fp32 FMA units match its bf16 dot-product
-    rate (bench/RESULTS.md 2026-12-02, twelfth session). Computed once per process."""
+    Measured because the instructions alone do not say it: bf16 ran 2.2x fp32 on a 2-core AMD EPYC with
+    AVX512-BF16, but 0.56-0.63x on a 2-core Intel Xeon with AVX512-BF16 and no AMX, whose two fp32 FMA units match
+    its bf16 dot-product rate (bench/RESULTS.md 2026-12-02, twelfth session). Computed once per process."""
     if not cpu_has_bf16():
         return 0.0
     import time
