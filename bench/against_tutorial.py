@@ -173,7 +173,7 @@ def train(args) -> int:
     runs: list[dict] = []
     data = None
     bf16 = tutorial_bf16(args.tutorial_precision)
-    print(f"tutorial's recipe in {'bf16 autocast, as written' if bf16 else 'fp32 (bf16 would be emulated here)'}",
+    print(f"tutorial's recipe in {'bf16 autocast, as written' if bf16 else 'fp32 (bf16 is emulated or slower here)'}",
           flush=True)
     for rep in range(args.repeats):
         last = args.knowledge and rep == args.repeats - 1
