@@ -15,7 +15,7 @@ each time, as a first run does). With --knowledge N, the last pair is the tutori
 shipped run with every epoch's checkpoint kept; each checkpoint and the tutorial's adapter then answer the held-out
 questions (greedy, batched, 48 new tokens) and the value match is counted: minutes from launch to >= 95%.
 --tutorial-precision: `auto` (default) runs the tutorial's bf16 as written where the CPU multiplies bf16 faster than
-fp32 (the kit's own rule, `kit.models.cpu_bf16_speedup`), and fp32 where it does not (without bf16 instructions torch
+fp32 (the kit's own rule, `kit.models.cpu_prefers_bf16`), and fp32 where it does not (without bf16 instructions torch
 emulates bf16 matmuls ~40x slower than fp32, and the tutorial's first 2 steps did not finish in 15 min:
 bench/RESULTS.md 2026-11-23; some CPUs with them multiply fp32 faster, 2026-12-02): the tutorial at its fastest.
 
@@ -92,9 +92,9 @@ def tutorial_data() -> Path:
 
 
 def tutorial_bf16(choice: str) -> bool:
-    from kit.models import BF16_MIN_SPEEDUP, cpu_bf16_speedup
+    from kit.models import cpu_prefers_bf16
 
-    return choice == "bf16" or (choice == "auto" and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP)
+    return choice == "bf16" or (choice == "auto" and cpu_prefers_bf16())
 
 
 def tutorial_train(run: int, steps: int, data: Path, bf16: bool) -> dict:

@@ -167,6 +167,12 @@ def cpu_bf16_speedup() -> float:
     return best[torch.float32] / best[torch.bfloat16]
 
 
+def cpu_prefers_bf16() -> bool:
+    """Train in bf16 on this CPU: its bf16 matmuls ran >= BF16_MIN_SPEEDUP times fp32's (`cpu_bf16_speedup`). The one
+    rule `train.precision: auto` and the tutorial benchmark's `--tutorial-precision auto` both follow."""
+    return cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
 def pick_device(choice: str = "auto") -> str:
     import torch
 

@@ -23,7 +23,6 @@ from kit.files import atomic_dir, write_text_atomic
 from kit.models import (
     choose_pad_token,
     cpu_bf16_speedup,
-    cpu_has_bf16,
     load_model,
     load_tokenizer,
     pick_device,
@@ -64,8 +63,8 @@ def _train(cfg: Config, callbacks: list | None) -> Path:
     trainer, tok = run.trainer, run.tok
     trainable, total = trainer.model.get_nb_trainable_parameters()
     if trainer.is_world_process_zero():
-        auto = (f" (auto: bf16 matmuls run {cpu_bf16_speedup():.2f}x fp32's on this CPU)"
-                if cfg.train.precision == "auto" and run.device == "cpu" and cpu_has_bf16() else "")
+        timed = cfg.train.precision == "auto" and run.device == "cpu" and cpu_bf16_speedup()  # 0.0: not timed
+        auto = f" (auto: bf16 matmuls run {timed:.2f}x fp32's on this CPU)" if timed else ""
         print(f"device {run.device}, precision {run.precision}{auto}, attention "
               f"{getattr(trainer.model.config, '_attn_implementation', None) or 'default'}, "
               f"threads {torch.get_num_threads()}"

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 from kit.config import Config, LoraConfig
-from kit.models import BF16_MIN_SPEEDUP, cpu_bf16_speedup
+from kit.models import cpu_prefers_bf16
 
 
 def resolve_precision(cfg: Config, device: str) -> str:
     """fp32 / bf16 / fp16. On CPUs, bf16 where its matmuls run at least BF16_MIN_SPEEDUP times as fast as fp32's,
-    measured (`kit.models.cpu_bf16_speedup`): the quickstart's step runs faster there (with eager attention,
+    measured (`kit.models.cpu_prefers_bf16`): the quickstart's step runs faster there (with eager attention,
     `training_attention`); elsewhere fp32, since torch emulates bf16 on CPUs without bf16 instructions (far slower) and
     some CPUs with them multiply fp32 faster (bench/RESULTS.md, 2026-11-23, 2026-11-30, 2026-12-02)."""
     p = cfg.train.precision
@@ -21,7 +21,7 @@ def resolve_precision(cfg: Config, device: str) -> str:
 
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
+    return "bf16" if cpu_prefers_bf16() else "fp32"
 
 
 def training_attention(cfg: Config, device: str, precision: str) -> str | None:

@@ -130,9 +130,10 @@ def test_auto_precision_on_cpu_follows_the_measured_bf16_speedup(tiny_model, tmp
     """precision=auto (the quickstart's): bf16 with eager attention only where the CPU's bf16 matmuls ran >= 1.3x
     fp32's: an AMD EPYC with AVX512-BF16 measured 2.2x; an Intel Xeon with AVX512-BF16 and no AMX 0.56-0.63x (fp32
     is its faster format); 0.0 is a CPU without bf16 instructions, where torch would emulate it ~40x slower."""
+    import kit.models as km
     import sft.trainer_config as tc
 
-    monkeypatch.setattr(tc, "cpu_bf16_speedup", lambda: speedup)
+    monkeypatch.setattr(km, "cpu_bf16_speedup", lambda: speedup)
     cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
     precision = tc.resolve_precision(cfg, "cpu")
     assert (precision, tc.training_attention(cfg, "cpu", precision)) == want
@@ -158,9 +159,10 @@ def test_the_bf16_speedup_is_a_measurement_and_zero_without_bf16_instructions(mo
 def test_an_attention_the_user_set_is_kept_and_long_rows_keep_sdpa(tiny_model, tmp_path, monkeypatch):
     from dataclasses import replace
 
+    import kit.models as km
     import sft.trainer_config as tc
 
-    monkeypatch.setattr(tc, "cpu_bf16_speedup", lambda: 2.2)
+    monkeypatch.setattr(km, "cpu_bf16_speedup", lambda: 2.2)
     cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
     assert tc.training_attention(replace(cfg, model=replace(cfg.model, attn_implementation="sdpa")), "cpu",
                                  "bf16") == "sdpa"
@@ -179,10 +181,10 @@ def test_answers_are_written_with_sdpa_when_the_kit_chose_eager_and_training_kee
     from dataclasses import replace
 
     import kit.generation
-    import sft.trainer_config as tc
+    import kit.models as km
     from sft.answers import answer, answering_attention
 
-    monkeypatch.setattr(tc, "cpu_bf16_speedup", lambda: 2.2)
+    monkeypatch.setattr(km, "cpu_bf16_speedup", lambda: 2.2)
     cfg = tiny_cfg(tiny_model, tmp_path, precision="auto")
     assert answering_attention(cfg, "eager") == "sdpa"
     assert answering_attention(replace(cfg, model=replace(cfg.model, attn_implementation="eager")), "eager") is None
